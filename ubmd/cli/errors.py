@@ -11,7 +11,14 @@ from rich.console import Console
 _err = Console(stderr=True)
 
 # Exceptions the library raises for bad input or a failed operation: shown as one line.
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, OSError, KeyError, TypeError)
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    PermissionError,
+    OSError,
+    KeyError,
+    TypeError,
+)
 
 
 @contextlib.contextmanager
