@@ -1,0 +1,31 @@
+"""The top-level command line: help, version, and that it stays cheap to start."""
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from ubmd import __version__
+from ubmd.cli import _register_all, app
+
+runner = CliRunner()
+
+
+def test_help_lists_command_groups():
+    _register_all()
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == __version__
+
+
+def test_cli_import_does_not_pull_torch_or_parsl():
+    # `ubmd --help` must stay fast: heavy libraries are imported inside command bodies only.
+    code = "import sys, ubmd.cli as c; c._register_all(); print('torch' in sys.modules, 'parsl' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
