@@ -1,0 +1,78 @@
+"""Strict construction of configuration objects from user files (YAML/JSON/dicts).
+
+An unknown or misspelt key is an error that names the key, where it was found and the
+nearest valid key; a value of the wrong type is an error naming the value and the type
+that would be accepted. Works for frozen dataclasses (validated with pydantic's
+TypeAdapter) and pydantic models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration file or section is invalid; the message says where and why."""
+
+
+def nearest(key: str, valid: Iterable[str]) -> str | None:
+    """The closest valid name to ``key`` (or None if nothing is close)."""
+    matches = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+def check_keys(data: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
+    """Raise ConfigError for the first key of ``data`` that is not in ``valid``."""
+    valid = list(valid)
+    for key in data:
+        if key not in valid:
+            hint = nearest(str(key), valid)
+            did_you_mean = f"; did you mean '{hint}'?" if hint else ""
+            raise ConfigError(
+                f"unknown key '{key}' in {where}{did_you_mean} (valid keys: {', '.join(sorted(valid))})"
+            )
+
+
+def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
+    """Build ``cls`` (a dataclass or pydantic model) from ``data``, strictly."""
+    from pydantic import BaseModel, TypeAdapter, ValidationError
+
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{where} must be a mapping of keys to values, got {type(data).__name__}: {data!r}"
+        )
+    if dataclasses.is_dataclass(cls):
+        valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    elif isinstance(cls, type) and issubclass(cls, BaseModel):
+        valid = list(cls.model_fields)
+    else:
+        raise TypeError(f"cannot build {cls!r}: not a dataclass or pydantic model")
+    check_keys(data, valid, where)
+    try:
+        if dataclasses.is_dataclass(cls):
+            return TypeAdapter(cls).validate_python(dict(data))
+        return cls.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where)) from None
+    except (TypeError, ValueError) as exc:  # raised by the class's own __post_init__ checks
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def format_validation_error(exc: Any, where: str) -> str:
+    """One readable line per pydantic error: location, offending value, what is accepted."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+        place = f"{where}.{loc}" if loc else where
+        value = err.get("input")
+        if err.get("type") == "extra_forbidden":
+            lines.append(f"unknown key '{loc.split('.')[-1]}' in {where}")
+            continue
+        lines.append(f"{place}: {err.get('msg')} (got {value!r})")
+    return "; ".join(lines)
