@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -32,6 +34,6 @@ def test_coverage_grows_monotonically():
     rng = np.random.default_rng(0)
     pts = rng.uniform(-180, 180, size=(400, 2))
     covs = [quadtree_coverage(pts[:n]) for n in (1, 10, 100, 400)]
-    assert all(a <= b for a, b in zip(covs, covs[1:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(covs))
     with pytest.raises(ValueError):
         quadtree_coverage(pts, depth=-1)
