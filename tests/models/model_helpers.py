@@ -1,0 +1,46 @@
+"""Helpers for the model tests: small float64 models and test structures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.build import bulk
+
+ALA2 = Path(__file__).resolve().parents[2] / "data" / "ala2" / "ala2_xtb_300K.extxyz"
+
+
+def rattled_molecule(seed: int = 0) -> Atoms:
+    from ase.build import molecule
+
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def rattled_crystal(seed: int = 0) -> Atoms:
+    """A small triclinic periodic cell with two species (strained rocksalt-like)."""
+    atoms = bulk("NaCl", "rocksalt", a=4.0) * (2, 1, 1)
+    atoms.set_cell(
+        atoms.cell.array
+        @ (np.eye(3) + np.array([[0.02, 0.03, 0], [0, -0.01, 0.02], [0, 0, 0.03]])),
+        scale_atoms=True,
+    )
+    atoms.rattle(0.1, seed=seed)
+    return atoms
+
+
+def make_painn(species, **kw):
+    from ubmd.models.builtin import PaiNN
+
+    torch.manual_seed(0)
+    kw.setdefault("cutoff", 3.5)
+    kw.setdefault("n_features", 16)
+    kw.setdefault("n_basis", 8)
+    kw.setdefault("readout_hidden", 8)
+    model = PaiNN(species, **kw).double()
+    n = len(model.species)
+    model.set_energy_stats(shift=-np.arange(1, n + 1, dtype=float), scale=0.7)
+    return model
