@@ -1,7 +1,145 @@
-"""`ubmd` commands: select (filled in by its issue)."""
+"""`ubmd select` and `ubmd design`: batch selection and the offline optimal-design report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
+
+_POOL_HELP = (
+    "Candidate file: .npz with arrays 'features' (N, K) and optional 'uncertainty' (N,), "
+    "or .h5/.hdf5 with those datasets at the file root."
+)
+_TRAIN_HELP = "Training-set features (same formats; only 'features' is read)."
+
+
+def select(
+    pool: Path = typer.Argument(..., help=_POOL_HELP),
+    method: str = typer.Option(
+        "max_det",
+        "--method",
+        "-m",
+        help="random, max_unc, max_dist, max_det, lcmd or kmeans_pp (BMDAL definitions).",
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="How many candidates to pick."),
+    train: Path | None = typer.Option(None, "--train", "-t", help=_TRAIN_HELP),
+    kernel: str = typer.Option(
+        "linear", "--kernel", help="'linear' (scaled features) or 'posterior' (needs --train)."
+    ),
+    sigma: float = typer.Option(1e-2, "--sigma", help="GP noise σ of the posterior and max_det."),
+    condition_on_train: bool = typer.Option(
+        True,
+        "--condition-on-train/--no-condition-on-train",
+        help="Treat training points as already picked (BMDAL 'TP' mode).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed for random and kmeans_pp."),
+    device: str | None = typer.Option(None, "--device", help="torch device, e.g. cuda:0."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the picks as JSON here."),
+) -> None:
+    """Pick a batch of candidates to label.
+
+    Example: ubmd select pool.npz --method max_det --batch-size 8 --train train.npz --out picks.json
+    """
+    from ubmd.cli.errors import user_errors
+
+    with user_errors():
+        from rich.console import Console
+        from rich.table import Table
+
+        from ubmd.select import select_batch
+        from ubmd.select.io import load_features
+
+        feats, unc = load_features(pool)
+        train_feats = load_features(train)[0] if train is not None else None
+        res = select_batch(
+            feats,
+            batch_size,
+            method=method,
+            train_features=train_feats,
+            uncertainties=unc,
+            kernel=kernel,
+            sigma=sigma,
+            condition_on_train=condition_on_train,
+            seed=seed,
+            device=device,
+        )
+        table = Table(title=f"{res.method} picks ({len(res)} of {feats.shape[0]} candidates)")
+        table.add_column("#", justify="right")
+        table.add_column("index", justify="right")
+        table.add_column("score", justify="right")
+        for rank, (i, sc) in enumerate(zip(res.indices, res.scores, strict=True)):
+            table.add_row(str(rank), str(int(i)), f"{sc:.4g}")
+        Console().print(table)
+        if out is not None:
+            doc = {
+                "pool": str(pool),
+                "train": None if train is None else str(train),
+                "method": res.method,
+                "kernel": res.kernel,
+                "sigma": sigma,
+                "condition_on_train": condition_on_train,
+                "seed": seed,
+                "indices": [int(i) for i in res.indices],
+                "scores": [None if s != s else float(s) for s in res.scores],  # NaN -> null
+                "n_duplicates_excluded": res.n_duplicates_excluded,
+            }
+            out.write_text(json.dumps(doc, indent=2) + "\n")
+            Console(stderr=True).print(f"wrote {out}")
+
+
+def design(
+    pool: Path = typer.Argument(..., help=_POOL_HELP),
+    train: Path | None = typer.Option(None, "--train", "-t", help=_TRAIN_HELP),
+    lam: float = typer.Option(1e-4, "--lam", help="Ridge λ of the design matrix ΦᵀΦ + λI."),
+    threshold: float = typer.Option(
+        1e-3, "--threshold", help="Gain below which a candidate adds no information."
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", "-b", help="Also report the log-det gain of a D-optimal batch."
+    ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Save a PNG: sorted gains and the training eigenvalue spectrum."
+    ),
+    device: str | None = typer.Option(None, "--device", help="torch device, e.g. cuda:0."),
+) -> None:
+    """Offline optimal-design report: how much would labeling this pool add?
+
+    Prints the expected log-det gain of the candidates, the effective rank and condition number
+    of the training design, and whether the pool adds information at all.
+    Example: ubmd design pool.npz --train train.npz --plot design.png
+    """
+    from ubmd.cli.errors import user_errors
+
+    with user_errors():
+        from rich.console import Console
+        from rich.table import Table
+
+        from ubmd.select import design_report, plot_design_report
+        from ubmd.select.io import load_features
+
+        feats, _ = load_features(pool)
+        train_feats = load_features(train)[0] if train is not None else None
+        rep = design_report(
+            feats,
+            train_features=train_feats,
+            lam=lam,
+            gain_threshold=threshold,
+            batch_size=batch_size,
+            device=device,
+        )
+        table = Table(title=f"design report: {pool.name}")
+        table.add_column("quantity")
+        table.add_column("value", justify="right")
+        for name, value in rep.rows():
+            table.add_row(name, value)
+        Console().print(table)
+        if plot is not None:
+            plot_design_report(rep, str(plot))
+            Console(stderr=True).print(f"wrote {plot}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
+    app.command("select")(select)
+    app.command("design")(design)
