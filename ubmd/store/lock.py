@@ -1,0 +1,59 @@
+"""Single-writer lock: an exclusive ``flock`` on a sidecar ``<store>.lock`` file."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+
+from ubmd.store.schema import StoreLockedError
+
+
+def lock_path(store_path: str | os.PathLike[str]) -> str:
+    """The sidecar lock file of a store."""
+    return os.fspath(store_path) + ".lock"
+
+
+class WriterLock:
+    """Held for a writer's lifetime; the kernel drops it when the process dies.
+
+    Because the lock dies with its process, holding it proves that no live writer has the
+    store open, which is what makes repairing a killed writer's file safe.
+    """
+
+    def __init__(self, store_path: str | os.PathLike[str]) -> None:
+        self.path = lock_path(store_path)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise PermissionError(
+                f"cannot create the writer lock {self.path!r} ({exc.strerror}); writing a "
+                "store needs a writable directory (open it with mode='r' to only read)"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                os.close(fd)
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreLockedError(
+                f"store {os.fspath(store_path)!r} is already open for writing by pid {holder} "
+                f"(lock file {self.path}); a store has one writer at a time; readers can use "
+                "mode='r'"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Drop the lock (idempotent). The lock file stays; its content is only a hint."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
