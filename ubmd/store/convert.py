@@ -100,7 +100,7 @@ def _xyz_string(value: str) -> str:
     try:
         if key_val_str_to_dict(f"k={quoted}").get("k") == value:
             return quoted
-    except Exception:  # noqa: BLE001 - any parse failure: fall back to JSON
+    except Exception:
         pass
     return '"_JSON ' + json.dumps(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -219,7 +219,7 @@ def read_structures(path: str | os.PathLike[str]) -> list[Any]:
         return read_extxyz(path)
     try:
         return list(ase.io.read(path, index=":"))
-    except Exception as exc:  # noqa: BLE001 - ASE raises many types for unknown formats
+    except Exception as exc:
         raise ValueError(f"ASE cannot read {path!r}: {exc}") from None
 
 

@@ -108,7 +108,7 @@ def validate_store(store: StructureStore) -> list[str]:
         out.append(f"stress present where has_stress is 0: {_rows(~hs & ~np.isnan(stress).all(1))}")
 
     stored = ds["hash"][:n].view("V16").ravel()
-    uniq, counts = np.unique(stored, return_counts=True)
+    _uniq, counts = np.unique(stored, return_counts=True)
     if (counts > 1).any():
         out.append(f"{int((counts > 1).sum())} hashes occur more than once (duplicates stored)")
     probe = Batch(
