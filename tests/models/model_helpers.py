@@ -44,3 +44,24 @@ def make_painn(species, **kw):
     n = len(model.species)
     model.set_energy_stats(shift=-np.arange(1, n + 1, dtype=float), scale=0.7)
     return model
+
+
+def emt_dataset(n: int = 6, seed: int = 0) -> list[Atoms]:
+    """Small periodic Cu/Al cells labelled with EMT (energy, forces, stress)."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.6 + 0.05 * rng.standard_normal(), cubic=True)
+        atoms.numbers[rng.integers(0, 4)] = 13
+        atoms.rattle(0.08, seed=seed * 1000 + k)
+        atoms.calc = EMT()
+        e, f, s = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        atoms.calc = SinglePointCalculator(atoms, energy=e, forces=f, stress=s)
+        frames.append(atoms)
+    return frames
+
+
+TINY = {"cutoff": 3.0, "n_features": 8, "n_basis": 6, "readout_hidden": 8}

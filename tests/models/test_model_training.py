@@ -1,0 +1,124 @@
+"""Training: determinism, resumable checkpoints, ensembles, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from model_helpers import TINY, emt_dataset
+
+from ubmd import keys
+from ubmd.models import Ensemble, TrainConfig, compute, load_model, train_ensemble, train_model
+from ubmd.models.train import train_member
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(
+        model_options=TINY, max_epochs=3, batch_size=2, dtype="float64", device="cpu",
+        valid_fraction=0.34, seed=7,
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_is_deterministic_and_learns():
+    data = emt_dataset()
+    m1, h1 = train_model(config(max_epochs=6), data)
+    m2, h2 = train_model(config(max_epochs=6), data)
+    assert_same(weights(m1), weights(m2))
+    assert h1 == h2
+    assert h1[-1]["train_loss"] < h1[0]["train_loss"]
+    assert {"epoch", "valid_loss", "valid_forces_rmse", "lr"} <= h1[0].keys()
+    assert m1.species == [13, 29]
+    # per-species shift fitted by least squares, scale = force RMS of the training data
+    assert torch.all(m1.energy_shift != 0) and torch.all(m1.energy_scale > 0)
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path):
+    data = emt_dataset()
+    full, _ = train_model(config(max_epochs=4), data, checkpoint_dir=tmp_path / "a")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_epoch_1(record):
+        if record["epoch"] == 1:
+            raise Killed
+
+    from ubmd.models import train as train_mod
+
+    with pytest.raises(Killed):
+        train_mod.train_model(
+            config(max_epochs=4), data, checkpoint_dir=tmp_path / "b", log=kill_after_epoch_1
+        )
+    assert (tmp_path / "b" / "last.pt").exists()
+    resumed, hist = train_model(config(max_epochs=4), data, checkpoint_dir=tmp_path / "b")
+    assert [r["epoch"] for r in hist] == [0, 1, 2, 3]
+    assert_same(weights(full), weights(resumed))
+    # best.pt is an ordinary model file with the returned (best) weights
+    best = load_model(tmp_path / "b" / "best.pt")
+    assert_same(weights(best), weights(resumed))
+    # a different config must not silently resume
+    with pytest.raises(ValueError, match="different training config"):
+        train_model(config(max_epochs=5), data, checkpoint_dir=tmp_path / "b")
+
+
+def test_ensemble_members_differ_and_train_alone():
+    data = emt_dataset()
+    cfg = config(max_epochs=2)
+    ens, histories = train_ensemble(cfg, data, 2)
+    assert isinstance(ens, Ensemble) and len(histories) == 2
+    w0, w1 = weights(ens.members[0]), weights(ens.members[1])
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+    alone, _ = train_member(cfg, data, 1)
+    assert_same(weights(alone), w1)
+
+    graph = ens.graph(data[:2])
+    out = compute(ens, graph, stress=True)
+    assert out[keys.ENSEMBLE_ENERGY].shape == (2, 2)
+    assert out[keys.ENSEMBLE_FORCES].shape == (2, 8, 3)
+    np.testing.assert_allclose(out[keys.FORCES], out[keys.ENSEMBLE_FORCES].mean(0), atol=1e-12)
+    one = compute(ens.members[1], graph)
+    np.testing.assert_allclose(out[keys.ENSEMBLE_FORCES][1], one[keys.FORCES], atol=1e-12)
+    assert out[keys.ENSEMBLE_ENERGY][0, 0] != out[keys.ENSEMBLE_ENERGY][1, 0]
+
+
+def test_bad_training_input_is_rejected():
+    with pytest.raises(ValueError, match="empty"):
+        train_model(config(), [])
+    data = emt_dataset(3)
+    data[1].calc.results["energy"] = math.nan
+    with pytest.raises(ValueError, match=r"NaN/inf energy labels in structures \[1\]"):
+        train_model(config(), data)
+    data = emt_dataset(3)
+    data[2].calc.results["forces"][1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"NaN/inf force labels in structures \[2\]"):
+        train_model(config(), data)
+    unlabelled = [a.copy() for a in emt_dataset(2)]
+    with pytest.raises(ValueError, match="no energy/forces labels"):
+        train_model(config(), unlabelled)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        config(lr_schedule="exponential")
+    with pytest.raises(ValueError, match="unknown model kind|model must be"):
+        config(model="schnet")
+
+
+def test_unknown_element_at_prediction_is_a_clear_error():
+    model, _ = train_model(config(max_epochs=1), emt_dataset(3))
+    from ase.build import bulk
+
+    gold = bulk("Au", "fcc", a=4.08, cubic=True)
+    with pytest.raises(ValueError, match=r"atomic number \[79\] unknown.*\[13, 29\]"):
+        compute(model, model.graph(gold))
