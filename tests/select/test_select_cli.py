@@ -1,0 +1,89 @@
+"""`ubmd select` and `ubmd design` smoke tests: they read .npz/.h5 and write their outputs."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ubmd.cli import _register_all, app
+from ubmd.select import design_report, select_batch
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    _register_all()
+    d = tmp_path_factory.mktemp("sel")
+    rng = np.random.default_rng(0)
+    pool = rng.normal(size=(80, 12)).astype(np.float32)
+    unc = rng.random(80)
+    train = rng.normal(size=(10, 12))
+    np.savez(d / "pool.npz", features=pool, uncertainty=unc)
+    np.savez(d / "train.npz", features=train)
+    with h5py.File(d / "pool.h5", "w") as h5:
+        h5["features"] = pool
+        h5["uncertainty"] = unc
+    np.savez(d / "nofeat.npz", energy=np.zeros(3))
+    return d, pool, unc, train
+
+
+@pytest.mark.parametrize("name", ["pool.npz", "pool.h5"])
+def test_select_writes_picks(files, name):
+    d, pool, _unc, train = files
+    out = d / f"picks_{name}.json"
+    args = ["select", str(d / name), "--method", "max_det", "--batch-size", "8"]
+    res = runner.invoke(app, [*args, "--train", str(d / "train.npz"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    want = select_batch(pool, 8, method="max_det", train_features=train)
+    assert doc["indices"] == want.indices.tolist()
+    assert doc["method"] == "max_det" and len(doc["scores"]) == 8
+
+
+def test_select_uses_file_uncertainty(files):
+    d, _, unc, _ = files
+    out = d / "unc.json"
+    res = runner.invoke(
+        app, ["select", str(d / "pool.npz"), "-m", "max_unc", "-b", "3", "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["indices"] == np.argsort(-unc)[:3].tolist()
+
+
+def test_select_random_scores_are_null_in_json(files):
+    d = files[0]
+    out = d / "rand.json"
+    res = runner.invoke(
+        app, ["select", str(d / "pool.npz"), "-m", "random", "-b", "4", "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["scores"] == [None] * 4
+
+
+def test_design_prints_report_and_saves_plot(files):
+    d, pool, _, train = files
+    png = d / "design.png"
+    args = ["design", str(d / "pool.npz"), "--train", str(d / "train.npz"), "--plot", str(png)]
+    res = runner.invoke(app, [*args, "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    assert "effective rank" in res.output and "condition number" in res.output
+    assert "pool adds information" in res.output
+    rep = design_report(pool, train_features=train)
+    assert f"{rep.max_gain:.4g}" in res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_cli_errors_are_one_line(files):
+    d = files[0]
+    res = runner.invoke(app, ["select", str(d / "pool.npz"), "-m", "nope"])
+    assert res.exit_code == 2 and "known methods" in res.output
+    res = runner.invoke(app, ["select", str(d / "pool.npz"), "-b", "81"])
+    assert res.exit_code == 2 and "larger than the candidate pool" in res.output
+    res = runner.invoke(app, ["select", str(d / "nofeat.npz")])
+    assert res.exit_code == 2 and "no 'features' array" in res.output
+    res = runner.invoke(app, ["design", str(d / "missing.npz")])
+    assert res.exit_code == 2 and "no such file" in res.output
+    assert "Traceback" not in res.output
