@@ -1,0 +1,41 @@
+"""Uncertainty estimation for MLIPs: gradient features, posterior / distance / ensemble / GMM
+uncertainties (total and atom-based, differentiable w.r.t. positions and strain) and conformal
+calibration.
+
+Typical use::
+
+    est = fit_uncertainty(model, train_atoms, UncertaintyConfig(method="posterior"))
+    cal = calibrate_model(model, est, calibration_atoms, alpha=0.05)
+    res = predict(model, graph, est, cal, uncertainty_gradients=True)
+
+Imports are lazy so ``import ubmd.uncertainty`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "UncertaintyConfig": "ubmd.uncertainty.estimator",
+    "UncertaintyEstimator": "ubmd.uncertainty.estimator",
+    "fit_uncertainty": "ubmd.uncertainty.estimator",
+    "Calibration": "ubmd.uncertainty.calibration",
+    "calibrate": "ubmd.uncertainty.calibration",
+    "conformal_quantile": "ubmd.uncertainty.calibration",
+    "empirical_coverage": "ubmd.uncertainty.calibration",
+    "predict": "ubmd.uncertainty.predict",
+    "evaluate": "ubmd.uncertainty.predict",
+    "run_model": "ubmd.uncertainty.predict",
+    "UNCERTAINTY_GRADIENT": "ubmd.uncertainty.predict",
+    "UNCERTAINTY_STRESS": "ubmd.uncertainty.predict",
+    "ensemble_uncertainty": "ubmd.uncertainty.ensemble",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ubmd.uncertainty' has no attribute {name!r}")
