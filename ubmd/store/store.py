@@ -76,6 +76,9 @@ class StructureStore:
         if os.path.exists(path):
             raise FileExistsError(f"store {path!r} already exists; open it with mode='a'")
         config_json = _config_json(campaign_config)
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"cannot create store {path!r}: no directory {parent!r}")
         lock = WriterLock(path)
         try:
             if os.path.exists(path):  # created by another process before we got the lock
@@ -124,6 +127,9 @@ class StructureStore:
             h5 = h5py.File(path, "r+", libver="latest", **_CACHE)
         try:
             _check_attrs(h5, path)
+            # SWMR first: from here on HDF5 orders its metadata writes so that the file
+            # stays readable whenever this process is killed, also during the cleanup.
+            h5.swmr_mode = True
             counts = h5["committed"][:]
             # Drop rows a killed writer wrote beyond the commit point.
             for name in ATOM_DATASETS:
@@ -132,7 +138,6 @@ class StructureStore:
                 _truncate(h5[name], counts[0])
             _truncate(h5["strings"], counts[2])
             h5.flush()
-            h5.swmr_mode = True
             return cls(path, h5, lock)
         except BaseException:
             h5.close()
@@ -168,10 +173,13 @@ class StructureStore:
         committed = self._f["committed"]
         if not self.writable:
             committed.refresh()
+        counts = committed[:].astype(np.int64)
+        if not self.writable:
+            # After reading the counts: the writer flushed these rows before committing them,
+            # so the refreshed extents cover them even if it has appended more since.
             for ds in self._ds.values():
                 ds.refresh()
             self._f["strings"].refresh()
-        counts = committed[:].astype(np.int64)
         if counts[2] > len(self._strings):
             raw = self._f["strings"][len(self._strings) : counts[2]].tolist()
             for code, b in enumerate(raw, start=len(self._strings)):

@@ -1,0 +1,81 @@
+"""Shared test data for the store tests; run as a script it is the crash-test writer.
+
+python store_helpers.py STORE FIRST_BATCH   # appends batches FIRST_BATCH, +1, ... forever,
+                                            # printing "<batch> <n>" after each commit
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from ubmd import keys
+
+
+def batch_arrays(batch_id: int) -> dict[str, np.ndarray]:
+    """A deterministic batch of 1-6 random molecules (3-12 atoms); iteration = batch_id."""
+    rng = np.random.default_rng(batch_id)
+    n_atoms = rng.integers(3, 13, size=int(rng.integers(1, 7)))
+    S, A = len(n_atoms), int(n_atoms.sum())
+    return {
+        keys.NUMBERS: rng.integers(1, 9, size=A),
+        keys.POSITIONS: rng.normal(size=(A, 3)) * 3,
+        keys.FORCES: rng.normal(size=(A, 3)),
+        keys.N_ATOMS: n_atoms,
+        keys.ENERGY: rng.normal(size=S) * 10,
+        keys.ITERATION: np.full(S, batch_id),
+        keys.MD_STEP: np.arange(S),
+        keys.LABELER: np.array(["xtb", "emt"])[rng.integers(0, 2, size=S)],
+    }
+
+
+def labeled_atoms(n: int, seed: int = 0, *, periodic_every: int = 3) -> list[Atoms]:
+    """Random labeled structures: molecules, and every ``periodic_every``-th periodic with stress."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        na = int(rng.integers(2, 9))
+        atoms = Atoms(numbers=rng.integers(1, 30, size=na), positions=rng.normal(size=(na, 3)) * 2)
+        results = {
+            "energy": float(rng.normal() * 5),
+            "forces": rng.normal(size=(na, 3)),
+        }
+        if i % periodic_every == periodic_every - 1:
+            atoms.cell = np.diag(rng.uniform(4, 8, size=3)) + rng.normal(size=(3, 3)) * 0.1
+            atoms.pbc = (True, True, bool(i % 2))
+            results["stress"] = rng.normal(size=6) * 0.01
+            results["free_energy"] = results["energy"] - 0.01
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info.update(
+            iteration=i % 3,
+            explorer=i,
+            md_step=200 * i,
+            temperature_K=300.0 + rng.normal(),
+            sampler="biased_md",
+            selection_uncertainty=float(rng.uniform()),
+            labeler="xtb",
+            labeler_hash="0123abcd",
+            campaign_id="T",
+        )
+        out.append(atoms)
+    return out
+
+
+def _writer(path: str, first: int) -> None:
+    from ubmd.store import StructureStore
+
+    store = StructureStore.open(path, mode="a")
+    print("ready", flush=True)
+    batch = first
+    while True:
+        arrays = batch_arrays(batch)
+        store.append_arrays(arrays)
+        print(batch, len(arrays[keys.N_ATOMS]), flush=True)
+        batch += 1
+
+
+if __name__ == "__main__":
+    _writer(sys.argv[1], int(sys.argv[2]))

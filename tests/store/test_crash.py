@@ -1,0 +1,128 @@
+"""Crash safety: SIGKILL a writing process at random moments; the store must always reopen
+(reader and writer), validate, and hold exactly the batches committed before the kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import store_helpers
+from store_helpers import batch_arrays
+
+from ubmd import keys
+from ubmd.store import StoreLockedError, StructureStore
+from ubmd.store.superblock import consistency_flags
+from ubmd.store.validate import validate
+
+WRITER = [sys.executable, store_helpers.__file__]
+N_KILLS = 22
+
+
+def _spawn(path: Path, first: int) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(
+        [*WRITER, str(path), str(first)], stdout=subprocess.PIPE, text=True, env=env
+    )
+
+
+def _check_content(path: Path, reported: set[int], in_flight: int | None) -> list[int]:
+    """Store == reported batches (+ the in-flight one, complete or absent); returns batch ids."""
+    with StructureStore.open(path, mode="r") as st:
+        d = st.read_arrays()
+    it = d[keys.ITERATION]
+    present = sorted(set(it.tolist()))
+    assert reported <= set(present), f"committed batches lost: {reported - set(present)}"
+    extra = set(present) - reported
+    assert extra <= ({in_flight} if in_flight is not None else set()), extra
+    assert np.all(np.diff(it) >= 0), "batches out of order"
+    atom_it = np.repeat(it, d[keys.N_ATOMS])
+    for b in present:
+        ref = batch_arrays(b)
+        rows, atoms = it == b, atom_it == b
+        np.testing.assert_array_equal(d[keys.N_ATOMS][rows], ref[keys.N_ATOMS])
+        np.testing.assert_array_equal(d[keys.ENERGY][rows], ref[keys.ENERGY])
+        np.testing.assert_array_equal(d[keys.LABELER][rows], ref[keys.LABELER])
+        np.testing.assert_array_equal(d[keys.NUMBERS][atoms], ref[keys.NUMBERS])
+        np.testing.assert_array_equal(d[keys.POSITIONS][atoms], ref[keys.POSITIONS])
+        np.testing.assert_array_equal(d[keys.FORCES][atoms], ref[keys.FORCES])
+    return present
+
+
+def test_sigkill_at_random_moments_keeps_exactly_committed(tmp_path: Path) -> None:
+    path = tmp_path / "crash.h5"
+    rng = np.random.default_rng(1234)
+    reported: set[int] = set()
+    next_batch, flagged, in_flight_kept = 0, 0, 0
+    for kill in range(N_KILLS):
+        proc = _spawn(path, next_batch)
+        if kill % 5 == 4:
+            # Sometimes kill without waiting: during start-up, lock, repair or first append.
+            time.sleep(rng.uniform(0.0, 0.6))
+        else:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.0, 0.25))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+        lines = [ln.split() for ln in out.splitlines() if ln and ln != "ready"]
+        done = [int(b) for b, _ in lines]
+        reported.update(done)
+        in_flight = (done[-1] + 1) if done else next_batch
+        if not path.exists():  # killed before the store was created
+            continue
+        flagged += consistency_flags(path) != 0
+
+        present = _check_content(path, reported, in_flight)  # reader on the crashed file
+        in_flight_kept += in_flight in present and in_flight not in reported
+        assert validate(path) == []
+        with StructureStore.open(path, mode="a") as st:  # writer: repairs flags, truncates
+            assert len(st) == sum(len(batch_arrays(b)[keys.N_ATOMS]) for b in present)
+        assert consistency_flags(path) == 0
+        assert validate(path) == []
+        reported.update(present)
+        next_batch = max(present, default=next_batch - 1) + 1
+        next_batch = max(next_batch, in_flight + 1)
+    assert len(reported) > N_KILLS, "the writer hardly ever committed anything"
+    assert flagged > N_KILLS // 2, "most kills should hit a writer holding the file open"
+    print(f"{len(reported)} batches, {in_flight_kept} in-flight batches fully present")
+
+
+def test_reader_sees_consistent_prefix_while_writer_appends(tmp_path: Path) -> None:
+    path = tmp_path / "live.h5"
+    StructureStore.create(path).close()
+    proc = _spawn(path, 0)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        # Single writer: a second one is refused, naming the writer's pid.
+        try:
+            StructureStore.open(path, mode="a")
+            raise AssertionError("second writer was allowed")
+        except StoreLockedError as exc:
+            assert str(proc.pid) in str(exc)
+        seen = []
+        with StructureStore.open(path, mode="r") as st:
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                st.refresh()
+                seen.append(len(st))
+                d = st.read_arrays()
+                batches = sorted(set(d[keys.ITERATION].tolist()))
+                assert batches == list(range(len(batches))), "not a prefix of the batches"
+                atom_it = np.repeat(d[keys.ITERATION], d[keys.N_ATOMS])
+                last = batches[-1] if batches else None
+                if last is not None:  # the newest batch is complete and intact
+                    ref = batch_arrays(last)
+                    np.testing.assert_array_equal(
+                        d[keys.POSITIONS][atom_it == last], ref[keys.POSITIONS]
+                    )
+                    assert np.count_nonzero(d[keys.ITERATION] == last) == len(ref[keys.N_ATOMS])
+        assert seen == sorted(seen) and seen[-1] > seen[0], "reader did not see progress"
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert validate(path) == []
