@@ -30,6 +30,10 @@ _EXPORTS = {
     "UNCERTAINTY_GRADIENT": "ubmd.uncertainty.predict",
     "UNCERTAINTY_STRESS": "ubmd.uncertainty.predict",
     "ensemble_uncertainty": "ubmd.uncertainty.ensemble",
+    "save_bundle": "ubmd.uncertainty.bundle",
+    "load_bundle": "ubmd.uncertainty.bundle",
+    "calibrate_model": "ubmd.uncertainty.bundle",
+    "coverage": "ubmd.uncertainty.bundle",
 }
 
 __all__ = sorted(_EXPORTS)
