@@ -15,7 +15,7 @@ from ubmd.uncertainty.features import (
     readout_linears,
     structure_mean,
 )
-from ubmd.uncertainty.predict import run_model
+from ubmd.uncertainty.inference import run_model
 
 
 def _graph(toy, seed=0):

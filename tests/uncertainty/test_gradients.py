@@ -14,7 +14,7 @@ from unc_toy import ToyPotential
 from ubmd import keys
 from ubmd.models.graph import Graph
 from ubmd.uncertainty.estimator import UncertaintyConfig, fit_uncertainty
-from ubmd.uncertainty.predict import UNCERTAINTY_GRADIENT, UNCERTAINTY_STRESS, evaluate, predict
+from ubmd.uncertainty.inference import UNCERTAINTY_GRADIENT, UNCERTAINTY_STRESS, evaluate, predict
 
 CASES = {
     "posterior-last_layer": UncertaintyConfig(method="posterior", sigma=0.05),

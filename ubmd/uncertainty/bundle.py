@@ -24,7 +24,7 @@ from ubmd.uncertainty.calibration import (
     total_residual,
 )
 from ubmd.uncertainty.estimator import UncertaintyEstimator
-from ubmd.uncertainty.predict import predict
+from ubmd.uncertainty.inference import predict
 
 EXTRA_ESTIMATOR = "uncertainty"
 EXTRA_CALIBRATION = "calibration"

@@ -28,7 +28,7 @@ from ubmd.uncertainty.gmm import GMMHead
 from ubmd.uncertainty.kernels import DistanceHead, PosteriorHead
 
 METHODS = ("posterior", "distance", "ensemble", "gmm")
-# Extra entries run_model() adds to a model's outputs (see ubmd.uncertainty.predict).
+# Extra entries run_model() adds to a model's outputs (see ubmd.uncertainty.inference).
 READOUT_INPUTS = "readout_inputs"
 READOUT_OUTPUTS = "readout_outputs"
 FORMAT = "ubmd.uncertainty/1"
@@ -107,7 +107,7 @@ class UncertaintyEstimator(nn.Module):
         return self.config.features == "sketched_gradient"
 
     def atomic_features(self, outputs: dict[str, Any]) -> Tensor:
-        """φ_i (A, K) from a model's outputs (see :func:`ubmd.uncertainty.predict.run_model`)."""
+        """φ_i (A, K) from a model's outputs (see :func:`ubmd.uncertainty.inference.run_model`)."""
         if self.config.features == "last_layer":
             if LAST_LAYER_INPUT in outputs:
                 return with_bias(outputs[LAST_LAYER_INPUT])
@@ -156,7 +156,7 @@ class UncertaintyEstimator(nn.Module):
             if keys.ENSEMBLE_ENERGY not in outputs:
                 raise ValueError(
                     f"ensemble uncertainty needs {keys.ENSEMBLE_ENERGY!r} in the outputs "
-                    "(run the members with ubmd.uncertainty.predict)"
+                    "(run the members with ubmd.uncertainty.inference)"
                 )
             u_tot, u_atom = ensemble_uncertainty(
                 outputs[keys.ENSEMBLE_ENERGY], outputs.get(keys.ENSEMBLE_FORCES), graph.n_atoms
@@ -220,7 +220,7 @@ def fit_uncertainty(
 
     For an ensemble (a sequence of models) the features come from the first member.
     """
-    from ubmd.uncertainty.predict import _as_models, as_graphs, run_model
+    from ubmd.uncertainty.inference import _as_models, as_graphs, run_model
 
     config = config or UncertaintyConfig()
     models = _as_models(model_or_ensemble)
