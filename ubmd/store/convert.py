@@ -189,7 +189,10 @@ def from_pymatgen(obj: Any) -> Any:
     positions = obj.cart_coords
     if isinstance(obj, Structure):
         exact = obj.site_properties.get("positions")
-        if exact is not None and np.allclose(np.asarray(exact), positions, atol=1e-8):
+        # Use the exact copy unless the sites were moved since (frac->Cartesian rounding is
+        # relative to the largest coordinate, hence the scaled tolerance).
+        tol = 1e-8 * max(1.0, float(np.abs(positions).max(initial=0.0)))
+        if exact is not None and np.allclose(np.asarray(exact), positions, rtol=0, atol=tol):
             positions = np.asarray(exact, dtype=np.float64)  # exact copy of the Cartesians
         atoms = Atoms(numbers, positions=positions, cell=obj.lattice.matrix, pbc=obj.lattice.pbc)
     else:

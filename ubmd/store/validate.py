@@ -66,12 +66,13 @@ def validate_store(store: StructureStore) -> list[str]:
         out.append("string table entry 0 is not the empty string")
 
     codes = {name: ds[name][:n] for name in STRING_COLUMNS}
+    n_before = len(out)
     for name, c in codes.items():
         bad = (c < 0) | (c >= t)
         if bad.any():
             out.append(f"{name}: string codes out of range at structures {_rows(bad)}")
-    if out:
-        return out
+    if len(out) > n_before:
+        return out  # cannot decode status/reason
     table = np.array([b.decode() for b in h5["strings"][:t].tolist()], dtype=object)
     status = table[codes["status"]]
     bad = ~np.isin(status, STATUS_VALUES)
