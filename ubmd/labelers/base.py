@@ -43,6 +43,9 @@ class LabelerSettings(BaseModel):
         50.0, gt=0, description="forces above this magnitude count as absurd (AbsurdForces)"
     )
     timeout_s: float | None = Field(3600.0, gt=0, description="wall-time limit of one run")
+    kill_grace_s: float = Field(
+        5.0, ge=0, description="after the time limit: SIGTERM, wait this long, then SIGKILL"
+    )
 
 
 @dataclass
@@ -209,7 +212,6 @@ class Labeler(ABC):
         workdir: Path,
         *,
         env: dict[str, str] | None = None,
-        grace_s: float = 5.0,
         stdout_name: str = "stdout.log",
     ) -> ProcessOutcome:
         """Run a program through the subprocess seam; raise on time limit or crash."""
@@ -219,7 +221,7 @@ class Labeler(ABC):
                 cwd=workdir,
                 env=env,
                 timeout_s=self.settings.timeout_s,
-                grace_s=grace_s,
+                grace_s=self.settings.kill_grace_s,
                 stdout_name=stdout_name,
             )
         except FileNotFoundError as exc:  # vanished between check() and here

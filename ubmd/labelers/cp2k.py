@@ -160,7 +160,14 @@ class CP2KLabeler(Labeler):
             )
         if pbc.all() and atoms.cell.volume <= 1e-6:
             raise LabelerSetupError("periodic structure with a zero-volume cell")
-        self._kinds(atoms)
+        kinds = self._kinds(atoms)
+        n_electrons = sum(kinds[sym][2] for sym in atoms.get_chemical_symbols()) - s.charge
+        if (n_electrons + s.multiplicity - 1) % 2:
+            raise LabelerSetupError(
+                f"{n_electrons} valence electrons with multiplicity {s.multiplicity}: an odd "
+                f"number of electrons needs an even multiplicity (set multiplicity=2) or a "
+                f"charge"
+            )
 
     # --- input -------------------------------------------------------------------------
     def build_input(self, atoms: Atoms) -> dict[str, Any]:
