@@ -190,3 +190,56 @@ def test_open_modes(tmp_path: Path) -> None:
             st.append(labeled_atoms(1, seed=9))
     with pytest.raises(FileNotFoundError, match="no directory"):
         StructureStore.create(tmp_path / "missing" / "s.h5")
+
+
+def test_failed_write_keeps_committed_data(tmp_path: Path, monkeypatch) -> None:
+    """An I/O error part-way through an append: nothing becomes visible, reopen is clean."""
+    import ubmd.store.store as store_mod
+
+    path = tmp_path / "s.h5"
+    st = StructureStore.create(path)
+    st.append(labeled_atoms(3))
+    calls = {"n": 0}
+    real_put = store_mod._put
+
+    def flaky_put(ds, start, values):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError("disk full (simulated)")
+        real_put(ds, start, values)
+
+    monkeypatch.setattr(store_mod, "_put", flaky_put)
+    with pytest.raises(OSError, match="simulated"):
+        st.append(labeled_atoms(4, seed=8))
+    monkeypatch.setattr(store_mod, "_put", real_put)
+    assert len(st) == 3
+    with pytest.raises(StoreError, match="reopen"):
+        st.append(labeled_atoms(1, seed=9))
+    st.close()
+    assert validate(path) == []
+    with StructureStore.open(path, mode="a") as st:
+        assert len(st) == 3
+        res = st.append(labeled_atoms(4, seed=8))  # the same batch again: not a duplicate
+        assert res.duplicates == [] and len(st) == 7
+    assert validate(path) == []
+
+
+def test_same_process_reader_then_writer_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    StructureStore.create(path).close()
+    with StructureStore.open(path) as reader:
+        with pytest.raises(StoreError, match="close those readers"):
+            StructureStore.open(path, mode="a")
+        assert len(reader) == 0
+    with StructureStore.open(path, mode="a") as writer:  # lock was released again
+        writer.append(labeled_atoms(1))
+
+
+def test_schema_column_names_are_keys_constants() -> None:
+    from ubmd.store.provenance import PROVENANCE_FIELDS
+    from ubmd.store.schema import ATOM_DATASETS, STRUCT_DATASETS
+
+    names = {v for k, v in vars(keys).items() if k.isupper() and isinstance(v, str)}
+    internal = {"atom_offset", "hash"}
+    assert set(PROVENANCE_FIELDS) <= names
+    assert (set(ATOM_DATASETS) | set(STRUCT_DATASETS)) - internal <= names

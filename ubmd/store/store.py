@@ -6,37 +6,26 @@ the file with HDF5's single-writer/multiple-reader (SWMR) mode while the writer 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import h5py
 import numpy as np
 
-from ubmd.store import reading, superblock
+from ubmd.store import h5file, reading
 from ubmd.store.batch import Batch, atoms_to_arrays, make_batch
 from ubmd.store.lock import WriterLock
 from ubmd.store.provenance import Provenance
 from ubmd.store.schema import (
-    ATOM_CHUNK,
     ATOM_DATASETS,
-    FORMAT_MARKER,
-    SCHEMA_VERSION,
-    STRING_CHUNK,
     STRING_COLUMNS,
     STRING_DTYPE,
-    STRUCT_CHUNK,
     STRUCT_DATASETS,
     StoreError,
-    StoreFormatError,
 )
-
-_CACHE = {"rdcc_nbytes": 8 * 2**20, "rdcc_nslots": 10007}
 
 
 @dataclass
@@ -75,7 +64,7 @@ class StructureStore:
         path = os.fspath(path)
         if os.path.exists(path):
             raise FileExistsError(f"store {path!r} already exists; open it with mode='a'")
-        config_json = _config_json(campaign_config)
+        config_json = h5file.config_json(campaign_config)
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise FileNotFoundError(f"cannot create store {path!r}: no directory {parent!r}")
@@ -83,7 +72,7 @@ class StructureStore:
         try:
             if os.path.exists(path):  # created by another process before we got the lock
                 raise FileExistsError(f"store {path!r} already exists; open it with mode='a'")
-            _build(path, config_json)
+            h5file.build(path, config_json)
             return cls._open_writer(path, lock)
         except BaseException:
             lock.release()
@@ -100,9 +89,9 @@ class StructureStore:
             return cls.create(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"store {path!r} does not exist")
-        _check_signature(path)
+        h5file.check_signature(path)
         if mode == "r":
-            return cls(path, _open_reader_file(path), None)
+            return cls(path, h5file.open_reader_file(path), None)
         if not (os.stat(path).st_mode & 0o222) or not os.access(path, os.W_OK):
             raise PermissionError(
                 f"store {path!r} is read-only; make it writable (chmod u+w) to append, "
@@ -117,31 +106,7 @@ class StructureStore:
 
     @classmethod
     def _open_writer(cls, path: str, lock: WriterLock) -> StructureStore:
-        try:
-            h5 = h5py.File(path, "r+", libver="latest", **_CACHE)
-        except OSError as exc:
-            if "already open" not in str(exc) and "consistency" not in str(exc):
-                raise StoreFormatError(f"cannot open {path!r} as HDF5: {exc}") from None
-            # We hold the writer lock, so the writer that left these flags is dead.
-            superblock.clear_consistency_flags(path)
-            h5 = h5py.File(path, "r+", libver="latest", **_CACHE)
-        try:
-            _check_attrs(h5, path)
-            # SWMR first: from here on HDF5 orders its metadata writes so that the file
-            # stays readable whenever this process is killed, also during the cleanup.
-            h5.swmr_mode = True
-            counts = h5["committed"][:]
-            # Drop rows a killed writer wrote beyond the commit point.
-            for name in ATOM_DATASETS:
-                _truncate(h5[name], counts[1])
-            for name in STRUCT_DATASETS:
-                _truncate(h5[name], counts[0])
-            _truncate(h5["strings"], counts[2])
-            h5.flush()
-            return cls(path, h5, lock)
-        except BaseException:
-            h5.close()
-            raise
+        return cls(path, h5file.open_writer_file(path), lock)
 
     # ---------------------------------------------------------------- basics
     @property
@@ -355,110 +320,6 @@ class StructureStore:
     def info(self) -> dict[str, Any]:
         """Summary: counts by status / iteration / labeler / sampler, elements, attributes."""
         return reading.summary(self, self._f, self._ds, self._strings)
-
-
-def _config_json(config: dict[str, Any] | None) -> str:
-    try:
-        return json.dumps(config or {}, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"campaign_config must be JSON-serialisable: {exc}") from None
-
-
-def _package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"hdf5": h5py.version.hdf5_version}
-    for pkg in ("ubmd", "numpy", "h5py", "ase", "torch"):
-        # metadata only: importing torch here would cost seconds
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
-
-
-def _build(path: str, config_json: str) -> None:
-    """Write an empty store next to ``path`` and rename it into place (atomic creation)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with h5py.File(tmp, "w", libver="latest") as h5:
-            h5.attrs["ubmd_store"] = FORMAT_MARKER
-            h5.attrs["schema_version"] = SCHEMA_VERSION
-            h5.attrs["campaign_config"] = config_json
-            h5.attrs["package_versions"] = json.dumps(_package_versions(), sort_keys=True)
-            h5.attrs["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-            for specs, chunk in ((ATOM_DATASETS, ATOM_CHUNK), (STRUCT_DATASETS, STRUCT_CHUNK)):
-                for name, (dtype, trail) in specs.items():
-                    h5.create_dataset(
-                        name,
-                        shape=(0, *trail),
-                        maxshape=(None, *trail),
-                        chunks=(chunk, *trail),
-                        dtype=dtype,
-                    )
-            h5.create_dataset(
-                "strings",
-                data=np.array([b""], STRING_DTYPE),
-                maxshape=(None,),
-                chunks=(STRING_CHUNK,),
-            )
-            h5.create_dataset("committed", data=np.array([0, 0, 1], dtype=np.int64))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _check_signature(path: str) -> None:
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head != superblock.HDF5_SIGNATURE:
-        raise StoreFormatError(f"{path!r} is not an HDF5 file, so not a ubmd store")
-
-
-def _open_reader_file(path: str) -> h5py.File:
-    for attempt in range(20):
-        try:
-            h5 = h5py.File(path, "r", libver="latest", swmr=True, **_CACHE)
-            break
-        except OSError as exc:
-            # A writer repairing a crashed file holds it briefly without SWMR: retry.
-            if "already open" not in str(exc) or attempt == 19:
-                raise StoreFormatError(f"cannot open {path!r} for reading: {exc}") from None
-            time.sleep(0.05)
-    try:
-        _check_attrs(h5, path)
-    except BaseException:
-        h5.close()
-        raise
-    return h5
-
-
-def _check_attrs(h5: h5py.File, path: str) -> None:
-    marker = h5.attrs.get("ubmd_store")
-    if isinstance(marker, bytes):
-        marker = marker.decode()
-    if marker != FORMAT_MARKER or "schema_version" not in h5.attrs:
-        raise StoreFormatError(f"{path!r} is an HDF5 file but not a ubmd structure store")
-    version = int(h5.attrs["schema_version"])
-    if version > SCHEMA_VERSION:
-        from ubmd import __version__
-
-        raise StoreFormatError(
-            f"store {path!r} has schema version {version}, newer than schema version "
-            f"{SCHEMA_VERSION} that this ubmd ({__version__}) knows; upgrade ubmd to open it"
-        )
-    if version < 1:
-        raise StoreFormatError(f"store {path!r} has invalid schema version {version}")
-
-
-def _truncate(ds: h5py.Dataset, n: int) -> None:
-    if ds.shape[0] < n:
-        raise StoreFormatError(
-            f"dataset {ds.name!r} has {ds.shape[0]} rows but {n} are marked committed; "
-            "the store is damaged"
-        )
-    if ds.shape[0] != n:
-        ds.resize(int(n), axis=0)
 
 
 def _put(ds: h5py.Dataset, start: int, values: np.ndarray) -> None:
