@@ -243,3 +243,16 @@ def test_schema_column_names_are_keys_constants() -> None:
     internal = {"atom_offset", "hash"}
     assert set(PROVENANCE_FIELDS) <= names
     assert (set(ATOM_DATASETS) | set(STRUCT_DATASETS)) - internal <= names
+
+
+def test_read_tensors_for_training(tmp_path: Path) -> None:
+    import torch
+
+    with StructureStore.create(tmp_path / "s.h5") as st:
+        st.append(labeled_atoms(5))
+        arrays = st.read_arrays(iteration=[0, 1])
+        t = st.read_tensors("cpu", dtype=torch.float32, iteration=[0, 1])
+    assert t[keys.POSITIONS].dtype == torch.float32 and t[keys.BATCH].dtype == torch.int64
+    assert keys.LABELER not in t and t[keys.PBC].dtype == torch.bool
+    np.testing.assert_allclose(t[keys.FORCES].numpy(), arrays[keys.FORCES], rtol=1e-6)
+    assert t[keys.N_ATOMS].tolist() == arrays[keys.N_ATOMS].tolist()

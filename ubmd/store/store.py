@@ -284,6 +284,21 @@ class StructureStore:
         )
         return reading.gather(self._ds, rows, self._committed, self._strings)
 
+    def read_tensors(self, device: Any, *, dtype: Any = None, **filters: Any) -> dict[str, Any]:
+        """Numeric columns of :meth:`read_arrays` as torch tensors on ``device`` (floating
+        ones cast to ``dtype`` if given; string columns are left out)."""
+        import torch
+
+        out = {}
+        for name, arr in self.read_arrays(**filters).items():
+            if arr.dtype.kind not in "fiub":
+                continue
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            out[name] = t.to(device)
+        return out
+
     def read_atoms(self, **filters: Any) -> list[Any]:
         """The selected structures as ASE ``Atoms`` (same filters as :meth:`read_arrays`),
         labels in a ``SinglePointCalculator``, provenance in ``atoms.info``."""
