@@ -1,0 +1,126 @@
+"""Per-replica stop rules. A stopped replica ends; the others go on.
+
+Checked after every force call, in this order (the first that fires is the reason):
+``nan`` (non-finite positions, energy, forces or uncertainty), ``too_close`` (two atoms
+closer than ``min_distance_A``), ``force`` (max |F_model| above ``max_force_eV_A``),
+``atomic_uncertainty`` / ``uncertainty`` (calibrated uncertainty above a threshold; the
+model must carry a calibration), ``max_steps``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ubmd import keys
+from ubmd.md.bias import Evaluation
+from ubmd.md.state import MDState, segment_sum
+
+REASONS = ("nan", "too_close", "force", "atomic_uncertainty", "uncertainty", "max_steps")
+
+
+@dataclass(frozen=True)
+class StopRules:
+    """Thresholds; None switches a rule off.
+
+    ``max_atomic_uncertainty``: calibrated atom-based uncertainty, eV/Å (paper: 1.5 for
+    alanine dipeptide). ``max_uncertainty``: calibrated total uncertainty, eV/atom.
+    """
+
+    max_steps: int | None = None
+    min_distance_A: float | None = 0.5
+    max_force_eV_A: float | None = 50.0
+    max_atomic_uncertainty: float | None = None
+    max_uncertainty: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_steps",
+            "min_distance_A",
+            "max_force_eV_A",
+            "max_atomic_uncertainty",
+            "max_uncertainty",
+        ):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ValueError(f"stop rule {name} must be > 0 or None, got {v}")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.max_atomic_uncertainty is not None or self.max_uncertainty is not None
+
+    def check_model(self, model) -> None:
+        """Fail early when a calibrated threshold is asked for and the model has none."""
+        if self.needs_calibration and not getattr(model, "has_calibration", False):
+            raise ValueError(
+                "a calibrated uncertainty threshold (max_atomic_uncertainty / max_uncertainty) "
+                "needs a calibrated model; calibrate it first or drop the threshold"
+            )
+
+
+def min_distances(state: MDState) -> torch.Tensor:
+    """(R,) smallest interatomic distance per replica (minimum image where periodic; inf
+    for one-atom replicas). Padded (R, N, N) so its cost is R N_max^2."""
+    R, n_max = state.n_replicas, int(state.n_atoms.max())
+    idx = torch.arange(state.positions.shape[0], device=state.device)
+    starts = torch.cumsum(state.n_atoms, 0) - state.n_atoms
+    local = idx - starts[state.batch]
+    pad = torch.full((R, n_max, 3), float("nan"), dtype=state.dtype, device=state.device)
+    pad[state.batch, local] = state.positions.detach()
+    d = pad[:, None, :, :] - pad[:, :, None, :]  # (R, N, N, 3)
+    periodic = state.pbc.all(-1)
+    if bool(periodic.any()):
+        cell = torch.where(
+            periodic[:, None, None], state.cell, torch.eye(3, dtype=state.dtype).to(state.cell)
+        )
+        inv = torch.linalg.inv(cell)
+        frac = torch.einsum("rijk,rkl->rijl", d, inv)
+        frac = torch.where(
+            state.pbc[:, None, None, :], frac - torch.round(frac), frac
+        )  # minimum image by rounding: exact for distances below half the cell height
+        d = torch.where(
+            periodic[:, None, None, None], torch.einsum("rijk,rkl->rijl", frac, cell), d
+        )
+    dist = d.norm(dim=-1)
+    eye = torch.eye(n_max, dtype=torch.bool, device=state.device)
+    dist = torch.where(eye | dist.isnan(), torch.full_like(dist, float("inf")), dist)
+    return dist.flatten(1).amin(1)
+
+
+def check_stops(
+    state: MDState, ev: Evaluation, rules: StopRules, *, step_limit: int | None = None
+) -> list[str]:
+    """Reason per replica ("" = keep going) after the evaluation ``ev`` of ``state``."""
+    R, b = state.n_replicas, state.batch
+    reasons = [""] * R
+
+    def mark(mask: torch.Tensor, reason: str) -> None:
+        for r in torch.nonzero(mask).flatten().tolist():
+            if not reasons[r]:
+                reasons[r] = reason
+
+    finite_atom = torch.isfinite(state.positions).all(-1) & torch.isfinite(ev.forces).all(-1)
+    bad = segment_sum((~finite_atom).to(torch.long), b, R) > 0
+    bad |= ~torch.isfinite(ev.energy) | ~torch.isfinite(state.cell).flatten(1).all(-1)
+    for key in (keys.UNCERTAINTY, keys.CALIBRATED_UNCERTAINTY):
+        if key in ev.outputs:
+            bad |= ~torch.isfinite(ev.outputs[key])
+    mark(bad, "nan")
+    if rules.min_distance_A is not None:
+        mark(min_distances(state) < rules.min_distance_A, "too_close")
+    if rules.max_force_eV_A is not None:
+        fmax = torch.zeros(R, dtype=state.dtype, device=state.device)
+        fnorm = ev.model_forces.norm(dim=-1).nan_to_num(float("inf"))
+        fmax = fmax.scatter_reduce(0, b, fnorm, "amax")
+        mark(fmax > rules.max_force_eV_A, "force")
+    if rules.max_atomic_uncertainty is not None:
+        ua = ev.outputs[keys.CALIBRATED_ATOMIC_UNCERTAINTY]
+        umax = torch.zeros(R, dtype=ua.dtype, device=ua.device).scatter_reduce(0, b, ua, "amax")
+        mark(umax > rules.max_atomic_uncertainty, "atomic_uncertainty")
+    if rules.max_uncertainty is not None:
+        mark(ev.outputs[keys.CALIBRATED_UNCERTAINTY] > rules.max_uncertainty, "uncertainty")
+    limit = rules.max_steps if step_limit is None else step_limit
+    if limit is not None:
+        mark(state.step >= limit, "max_steps")
+    return reasons
