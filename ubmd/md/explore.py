@@ -194,25 +194,41 @@ def run_explorer(
     queue = list(range(n_runs))  # replica id k starts from structure k % n_structures
     info: dict[int, dict] = {}
 
-    def start(ids: list[int]) -> MDState:
-        atoms = [start_structures[k % len(start_structures)] for k in ids]
-        st = make_state(atoms, replica_ids=ids, seed=config.seed,
-                        temperature_K=float(t_sched.at(torch.zeros(1))[0]),
-                        window=config.window, device=device, dtype=dtype)  # fmt: skip
-        if npt:
-            check_periodic(st)
-        initialize(st, model, stress=stress, bias=bias)
-        for k in ids:
-            info[k] = {"start_index": k % len(start_structures), "stop_reason": "", "steps": 0}
-        return st
+    def start(writer: CandidateWriter, n: int) -> MDState | None:
+        """Start up to ``n`` replicas from the queue; a start structure that already
+        breaks a stop rule (atoms too close, NaN, ...) ends at step 0 with its frame."""
+        nonlocal queue, n_frames
+        states = []
+        while n > 0 and queue:
+            ids, queue = queue[:n], queue[n:]
+            atoms = [start_structures[k % len(start_structures)] for k in ids]
+            st = make_state(atoms, replica_ids=ids, seed=config.seed,
+                            temperature_K=float(t_sched.at(torch.zeros(1))[0]),
+                            window=config.window, device=device, dtype=dtype)  # fmt: skip
+            if npt:
+                check_periodic(st)
+            ev = initialize(st, model, stress=stress, bias=bias)
+            reasons = check_stops(st, ev, config.stop, step_limit=config.n_steps)
+            for r, k in enumerate(ids):
+                info[k] = {"start_index": k % len(start_structures), "stop_reason": reasons[r],
+                           "steps": 0}  # fmt: skip
+            bad = [r for r in range(len(ids)) if reasons[r]]
+            if bad:
+                writer.append(frames_from(st, ev, bad, [reasons[r] for r in bad],
+                                          explorer=config.explorer_id, sampler=config.sampler,
+                                          stress=stress))  # fmt: skip
+                n_frames += len(bad)
+                st = select_replicas(st, [r for r in range(len(ids)) if not reasons[r]])
+            n -= st.n_replicas
+            states.append(st)
+        return concat_states(states) if states else None
 
-    first, queue = queue[:n_slots], queue[n_slots:]
-    state = start(first)
     n_frames, done_steps, atom_steps = 0, 0, 0
     planned = n_runs * config.n_steps
     t0 = time.perf_counter()
     with CandidateWriter(out_path) as writer:
-        while state.n_replicas > 0:
+        state = start(writer, n_slots)
+        while state is not None and state.n_replicas > 0:
             temp = t_sched.at(state.step).to(dtype)
             if config.ensemble == "nve":
                 ev = nve_step(state, model, timestep_fs=config.timestep_fs, bias=bias)
@@ -242,11 +258,12 @@ def run_explorer(
                 for r in stopped:
                     rid = int(state.replica_id[r])
                     info[rid].update(stop_reason=reasons[r], steps=steps[r])
-                keep = [r for r in range(state.n_replicas) if not reasons[r]]
-                state = select_replicas(state, keep)
-                refill, queue = queue[: len(stopped)], queue[len(stopped) :]
-                if refill:
-                    state = concat_states([state, start(refill)])
+                state = select_replicas(
+                    state, [r for r in range(state.n_replicas) if not reasons[r]]
+                )
+                fresh = start(writer, len(stopped))
+                if fresh is not None:
+                    state = concat_states([state, fresh])
             if progress is not None:
                 progress(done_steps, planned)
     wall = time.perf_counter() - t0

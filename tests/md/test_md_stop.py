@@ -1,0 +1,138 @@
+"""Stop rules per replica, refilled slots, blow-ups, bad input."""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+from ase.cluster import Icosahedron
+from md_helpers import LJModel
+
+from ubmd import keys
+from ubmd.md.explore import ExploreConfig, run_explorer
+from ubmd.md.stop import StopRules
+from ubmd.md.writer import read_candidates
+
+
+class NaNAfter(LJModel):
+    """LJ whose energy turns NaN for replica id 1 after a number of calls."""
+
+    def __init__(self, after, **kw):
+        super().__init__(**kw)
+        self.calls, self.after = 0, after
+
+    def outputs(self, positions, strain, state):
+        out = super().outputs(positions, strain, state)
+        self.calls += 1
+        if self.calls > self.after:
+            e = out[keys.ENERGY]
+            out[keys.ENERGY] = torch.where(state.replica_id == 1, float("nan"), e)
+        return out
+
+
+def _run(tmp_path, model, structures, name, *, replicas=None, **cfg):
+    config = ExploreConfig(**{"temperature_K": 30.0, "timestep_fs": 4.0, "n_steps": 40,
+                              "record_every": 10, "window": 5, **cfg})  # fmt: skip
+    out = tmp_path / f"{name}.h5"
+    summary = run_explorer(config, model, structures, out_path=out, replicas=replicas)
+    return summary, read_candidates(out)
+
+
+def test_each_stop_rule_stops_with_its_reason(tmp_path):
+    ico = Icosahedron("Ar", 2)
+    close = ico.copy()
+    close.positions[1] = close.positions[0] + [0.4, 0, 0]
+    cases = {
+        "max_steps": (LJModel(), [ico], {}),
+        "too_close": (LJModel(), [close], {"stop": StopRules(min_distance_A=0.5, max_force_eV_A=None)}),
+        "force": (LJModel(), [ico], {"stop": StopRules(max_force_eV_A=1e-4)}),
+        "atomic_uncertainty": (LJModel(calibrated=True), [ico],
+                               {"stop": StopRules(max_atomic_uncertainty=1.0)}),
+        "uncertainty": (LJModel(calibrated=True), [ico], {"stop": StopRules(max_uncertainty=1.0)}),
+    }  # fmt: skip
+    for reason, (model, structs, cfg) in cases.items():
+        summary, data = _run(tmp_path, model, structs, reason, **cfg)
+        assert summary["replicas"][0]["stop_reason"] == reason, reason
+        assert data[keys.STOP_REASON][-1] == reason
+        if reason == "max_steps":
+            assert summary["replicas"][0]["steps"] == 40
+            assert list(data[keys.MD_STEP]) == [10, 20, 30, 40]
+        else:
+            assert summary["replicas"][0]["steps"] == 0  # the start frame already breaks it
+            assert list(data[keys.MD_STEP]) == [0]
+    # calibrated thresholds sit just between steps: a replica under it runs on
+    summary, _ = _run(tmp_path, LJModel(calibrated=True), [ico], "under",
+                      stop=StopRules(max_atomic_uncertainty=1e6, max_uncertainty=1e6))  # fmt: skip
+    assert summary["replicas"][0]["stop_reason"] == "max_steps"
+
+
+def test_nan_stops_one_replica_others_go_on_and_slot_is_refilled(tmp_path):
+    ico = Icosahedron("Ar", 2)
+    model = NaNAfter(after=5)
+    summary, data = _run(tmp_path, model, [ico, ico, ico], "nan", replicas=2)
+    reasons = {k: v["stop_reason"] for k, v in summary["replicas"].items()}
+    assert reasons == {0: "max_steps", 1: "nan", 2: "max_steps"}
+    assert summary["replicas"][1]["steps"] == 5  # initial call + 4 steps fine, 5th NaN
+    # the refilled slot (replica 2) ran its full trajectory; candidates from all three
+    assert set(data[keys.REPLICA].tolist()) == {0, 1, 2}
+    nan_rows = np.flatnonzero(data[keys.STOP_REASON] == "nan")
+    assert len(nan_rows) == 1 and data[keys.REPLICA][nan_rows[0]] == 1
+
+
+def test_blow_up_ends_cleanly(tmp_path):
+    """A far too long timestep on a compressed crystal: the replica ends with a reason,
+    a readable candidate file and no exception; a sane replica in the batch goes on."""
+    hot = bulk("Ar", "fcc", a=4.2, cubic=True).repeat(2)  # strongly compressed argon
+    sane = Icosahedron("Ar", 2)
+    summary, data = _run(tmp_path, LJModel(cutoff=4.0), [hot, sane], "blow", timestep_fs=40.0,
+                         temperature_K=5000.0, stop=StopRules(min_distance_A=1.0, max_force_eV_A=20.0),
+                         n_steps=30)  # fmt: skip
+    assert summary["replicas"][0]["stop_reason"] in ("force", "too_close", "nan")
+    assert summary["replicas"][0]["steps"] < 30
+    assert np.isfinite(data[keys.POSITIONS]).all()
+
+
+def test_bad_input(tmp_path):
+    ico = Icosahedron("Ar", 2)
+    with pytest.raises(ValueError, match="calibrated model"):
+        _run(tmp_path, LJModel(), [ico], "nocal", stop=StopRules(max_atomic_uncertainty=1.5))
+    with pytest.raises(ValueError, match="NPT needs periodic"):
+        _run(tmp_path, LJModel(), [ico], "npt", ensemble="npt")
+    with pytest.raises(ValueError, match="temperature_K must be > 0"):
+        ExploreConfig(temperature_K=0.0)
+    with pytest.raises(ValueError, match="temperature_K must be > 0"):
+        ExploreConfig(temperature_K=-10.0)
+    with pytest.raises(ValueError, match="sampler"):
+        ExploreConfig(sampler="magic")
+    with pytest.raises(ValueError, match="min_distance_A"):
+        StopRules(min_distance_A=0.0)
+    with pytest.raises(ValueError, match="no start structures"):
+        _run(tmp_path, LJModel(), [], "empty")
+    with pytest.raises(ValueError, match="needs the model to return"):
+        _run(tmp_path, _NoUncertainty(), [ico], "nou")
+    atom = Atoms("Ar", positions=[[0, 0, 0]])
+    summary, _ = _run(tmp_path, LJModel(), [atom, ico], "single", sampler="md")
+    assert summary["replicas"][0]["stop_reason"] == "max_steps"
+
+
+class _NoUncertainty(LJModel):
+    def outputs(self, positions, strain, state):
+        out = super().outputs(positions, strain, state)
+        return {keys.ENERGY: out[keys.ENERGY]}
+
+
+def test_min_distance_uses_minimum_image():
+    from ubmd.md.state import make_state
+    from ubmd.md.stop import min_distances
+
+    atoms = bulk("Cu", cubic=True)  # a = 3.61, nearest neighbours at a/sqrt(2)
+    atoms.positions[0] = [0.05, 0.05, 0.05]
+    atoms.positions[1] = [3.56, 0.05, 0.05]  # 0.1 Å through the boundary
+    mol = Icosahedron("Ar", 2)
+    d = min_distances(make_state([atoms, mol], temperature_K=None))
+    assert float(d[0]) == pytest.approx(3.61 - 3.51, abs=1e-6)
+    expect = min(
+        np.linalg.norm(mol.positions[i] - mol.positions[j]) for i in range(13) for j in range(i)
+    )
+    assert float(d[1]) == pytest.approx(expect)
+    assert torch.isfinite(d).all()
