@@ -16,9 +16,10 @@ def energy(model, atoms) -> float:
     return float(compute(model, model.graph(atoms), forces=False)[keys.ENERGY][0])
 
 
-def fd_forces(model, atoms, h=1e-5):
-    f = np.zeros((len(atoms), 3))
-    for a in range(len(atoms)):
+def fd_forces(model, atoms, h=1e-5, subset=None):
+    """Central differences of -E for the atoms in ``subset`` (all by default); rows else NaN."""
+    f = np.full((len(atoms), 3), np.nan)
+    for a in range(len(atoms)) if subset is None else subset:
         for x in range(3):
             plus, minus = atoms.copy(), atoms.copy()
             plus.positions[a, x] += h
