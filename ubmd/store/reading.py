@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import h5py
@@ -72,6 +75,18 @@ def gather(
     return out
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause cyclic GC: its passes over every live object dominate when creating many."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def to_atoms(arrays: dict[str, np.ndarray]) -> list[Any]:
     """ASE ``Atoms`` (SinglePointCalculator labels, provenance in ``info``) from flat arrays."""
     from ase import Atoms
@@ -87,27 +102,25 @@ def to_atoms(arrays: dict[str, np.ndarray]) -> list[Any]:
     columns = {name: arrays[name].tolist() for name in (*PROVENANCE_FIELDS, keys.CREATED_AT)}
     columns[STORE_INDEX] = arrays[STORE_INDEX].tolist()
     energy, free = arrays[keys.ENERGY], arrays[keys.FREE_ENERGY]
+    cell, pbc = arrays[keys.CELL], arrays[keys.PBC]
+    stress, has_stress = arrays[keys.STRESS], arrays[keys.HAS_STRESS]
     out = []
-    for s in range(len(n_atoms)):
-        atoms = Atoms(
-            numbers=numbers[s],
-            positions=positions[s],
-            cell=arrays[keys.CELL][s],
-            pbc=arrays[keys.PBC][s],
-        )
-        results: dict[str, Any] = {}
-        if np.isfinite(energy[s]):
-            results["energy"] = float(energy[s])
-        if np.isfinite(free[s]):
-            results["free_energy"] = float(free[s])
-        if forces_ok[s]:
-            results["forces"] = forces[s]
-        if arrays[keys.HAS_STRESS][s]:
-            results["stress"] = arrays[keys.STRESS][s].copy()
-        if results:
-            atoms.calc = SinglePointCalculator(atoms, **results)
-        atoms.info.update({name: col[s] for name, col in columns.items()})
-        out.append(atoms)
+    with _gc_paused():
+        for s in range(len(n_atoms)):
+            atoms = Atoms(numbers=numbers[s], positions=positions[s], cell=cell[s], pbc=pbc[s])
+            results: dict[str, Any] = {}
+            if np.isfinite(energy[s]):
+                results["energy"] = float(energy[s])
+            if np.isfinite(free[s]):
+                results["free_energy"] = float(free[s])
+            if forces_ok[s]:
+                results["forces"] = forces[s]
+            if has_stress[s]:
+                results["stress"] = stress[s].copy()
+            if results:
+                atoms.calc = SinglePointCalculator(atoms, **results)
+            atoms.info.update({name: col[s] for name, col in columns.items()})
+            out.append(atoms)
     return out
 
 
