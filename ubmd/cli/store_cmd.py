@@ -30,8 +30,10 @@ def info_cmd(
     store: Path = STORE_ARG,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Summarise a store: structures by status, iteration, labeler and sampler; elements;
-    schema version; file size. Safe while a campaign is writing to the store."""
+    """Summarise a store (counts, elements, schema version, size).
+
+    Counts structures by status, iteration, labeler and sampler and atoms by element. Safe to run while a campaign is writing to the store.
+    """
     with user_errors():
         from ubmd.store import StructureStore
 
@@ -78,7 +80,10 @@ def export_cmd(
         None, "--labeler", help="Only structures from this labeler."
     ),
 ) -> None:
-    """Write structures (with labels and provenance, full precision) to extxyz or an ASE db."""
+    """Write structures to extxyz or an ASE database.
+
+    Labels (energy, forces, stress) and provenance are written at full precision, so importing the file again reproduces the store's numbers exactly.
+    """
     with user_errors():
         from ubmd.store import StructureStore
         from ubmd.store.convert import write_structures
@@ -112,7 +117,10 @@ def import_cmd(
         "with reason 'unlabeled import'; without this flag they are an error.",
     ),
 ) -> None:
-    """Append structures from files; exact duplicates are reported and skipped."""
+    """Append structures from files to a store.
+
+    Labels come from the file (extxyz/ASE db fields, or what ASE reads from code output); provenance fields found in the file are kept. Exact duplicates (same numbers, positions and cell as a stored structure) are reported and skipped.
+    """
     with user_errors():
         import dataclasses
 
@@ -155,8 +163,10 @@ def import_cmd(
 
 @store_app.command("validate")
 def validate_cmd(store: Path = STORE_ARG) -> None:
-    """Check every invariant of a store (counts, offsets, labels of 'ok' records, duplicate
-    and content hashes, status values, schema version). Exit status 1 on any violation."""
+    """Check every invariant of a store; exit status 1 on any violation.
+
+    Checks committed counts, atom offsets, labels of 'ok' records, reasons of 'failed' ones, status values, duplicate and content hashes and the schema version.
+    """
     with user_errors():
         from ubmd.store.validate import validate
 
