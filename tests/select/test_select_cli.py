@@ -87,3 +87,18 @@ def test_cli_errors_are_one_line(files):
     res = runner.invoke(app, ["design", str(d / "missing.npz")])
     assert res.exit_code == 2 and "no such file" in res.output
     assert "Traceback" not in res.output
+
+
+def test_load_features_checks_files(tmp_path):
+    from ubmd.select.io import load_features
+
+    (tmp_path / "x.csv").write_text("1,2\n")
+    with pytest.raises(ValueError, match="unsupported file type"):
+        load_features(tmp_path / "x.csv")
+    np.savez(tmp_path / "bad.npz", features=np.zeros((3, 2)), uncertainty=np.zeros(4))
+    with pytest.raises(ValueError, match=r"shape \(3,\)"):
+        load_features(tmp_path / "bad.npz")
+    with h5py.File(tmp_path / "x.h5", "w") as h5:
+        h5["features"] = np.ones((4, 3))
+    feats, unc = load_features(tmp_path / "x.h5")
+    assert feats.shape == (4, 3) and unc is None

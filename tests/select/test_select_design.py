@@ -143,3 +143,29 @@ def test_report_without_training_set():
     assert rep.n_train == 0 and rep.effective_rank == 0.0 and rep.condition_number == 1.0
     assert rep.adds_information
     np.testing.assert_allclose(rep.novelty, 1.0)
+
+
+def test_d_optimal_never_takes_near_duplicates():
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(10, 5))
+    pool = np.vstack([base, base + 1e-10 * rng.normal(size=base.shape)])
+    for exchange in (False, True):
+        res = d_optimal(pool, 8, lam=LAM, exchange=exchange)
+        groups = (res.indices % 10).tolist()
+        assert len(set(groups)) == 8, groups
+    a = a_optimal(pool, 8, lam=LAM)
+    assert len(set((a.indices % 10).tolist())) == 8
+
+
+def test_design_bad_input():
+    pool, train = _problem(0)
+    with pytest.raises(ValueError, match="lam must be a positive"):
+        d_optimal(pool, 3, lam=0.0)
+    with pytest.raises(ValueError, match="larger than the candidate pool"):
+        a_optimal(pool, 41)
+    with pytest.raises(ValueError, match="feature dimensions differ"):
+        design_report(pool, train_features=train[:, :5])
+    bad = pool.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        design_report(bad)

@@ -141,6 +141,8 @@ def d_optimal(
     )
     picks, var = m.select_max_det(pool, b, float(np.sqrt(lam)))
     gains = np.log1p(np.asarray(var) / lam)
+    # Final posterior variances = λ·φᵀM⁻¹φ with M including the picks: the exchange's start.
+    d = pool.variances.clamp(min=0.0) / lam
     del pool, f
     sel = list(picks)
     f = scaled(raw, s, dtype)  # plain scaled features for the exchange phase
@@ -150,7 +152,7 @@ def d_optimal(
     swaps: list[Swap] = []
     if exchange:
         limit = 10 * b if max_swaps is None else int(max_swaps)
-        swaps = _fedorov(f, sel, mat, chol, guard, limit, rtol)
+        swaps = _fedorov(f, sel, mat, chol, d, guard, limit, rtol)
     value = swaps[-1].logdet if swaps else greedy
     return DesignResult(
         indices=np.asarray(sel, dtype=np.int64),
@@ -171,6 +173,7 @@ def _fedorov(
     sel: list[int],
     mat: torch.Tensor,
     chol: torch.Tensor,
+    d: torch.Tensor,
     guard: DuplicateGuard,
     limit: int,
     rtol: float,
@@ -179,7 +182,6 @@ def _fedorov(
     n = f.shape[0]
     dev = f.device
     minv = torch.cholesky_inverse(chol)
-    d = _quad(f, minv)
     near = torch.stack([guard.near(i) for i in sel], dim=1)  # (N, B): duplicates of each pick
     count = near.sum(dim=1)
     chosen = torch.zeros(n, dtype=torch.bool, device=dev)

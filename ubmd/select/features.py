@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 # Rows per chunk for (N, K) work; keeps temporaries at O(CHUNK_ROWS · max(K, T)).
-CHUNK_ROWS = 8192
+CHUNK_ROWS = 4096
 
 
 def resolve_device(device: Any, *arrays: Any) -> torch.device:
@@ -40,7 +40,9 @@ def as_matrix(x: Any, name: str, *, device: torch.device) -> torch.Tensor:
         raise ValueError(f"{name} must be a 2-D array (n, K); got shape {tuple(t.shape)}")
     if t.shape[1] == 0:
         raise ValueError(f"{name} has no feature columns (shape {tuple(t.shape)})")
-    bad = ~torch.isfinite(t).all(dim=1)
+    bad = torch.zeros(t.shape[0], dtype=torch.bool, device=t.device)
+    for i in range(0, t.shape[0], CHUNK_ROWS):  # chunked: no (N, K) boolean temporary
+        bad[i : i + CHUNK_ROWS] = ~torch.isfinite(t[i : i + CHUNK_ROWS]).all(dim=1)
     if bool(bad.any()):
         rows = torch.nonzero(bad).flatten()[:5].tolist()
         raise ValueError(
@@ -108,8 +110,11 @@ def apply_posterior_(f: torch.Tensor, factor: torch.Tensor, sigma: float) -> tor
 
 
 def sqnorms(f: torch.Tensor) -> torch.Tensor:
-    """Row-wise squared norms (the kernel diagonal k(x, x))."""
-    return f.square().sum(dim=1)
+    """Row-wise squared norms (the kernel diagonal k(x, x)), chunked: no (N, K) temporary."""
+    out = torch.empty(f.shape[0], dtype=f.dtype, device=f.device)
+    for i in range(0, f.shape[0], CHUNK_ROWS):
+        out[i : i + CHUNK_ROWS] = f[i : i + CHUNK_ROWS].square().sum(dim=1)
+    return out
 
 
 def sqdist_to(f: torch.Tensor, sq: torch.Tensor, p: int) -> torch.Tensor:
@@ -128,9 +133,10 @@ def nearest_center(
     n = f.shape[0]
     best = torch.empty(n, dtype=f.dtype, device=f.device)
     arg = torch.empty(n, dtype=torch.long, device=f.device)
-    rows = max(1, min(CHUNK_ROWS, 2**22 // max(1, centers.shape[0])))
+    rows = max(1, min(CHUNK_ROWS, 2**20 // max(1, centers.shape[0])))
     for i in range(0, n, rows):
-        d2 = sq[i : i + rows, None] + csq[None, :] - 2.0 * (f[i : i + rows] @ centers.T)
+        d2 = f[i : i + rows] @ centers.T  # one (rows, T) temporary, updated in place
+        d2.mul_(-2.0).add_(sq[i : i + rows, None]).add_(csq[None, :])
         val, idx = d2.min(dim=1)
         best[i : i + rows] = val.clamp_(min=0.0)
         arg[i : i + rows] = idx
@@ -141,23 +147,43 @@ class DuplicateGuard:
     """Finds candidates within a tiny distance of a picked one, in scaled base features.
 
     The test is ||s·(φ_x − φ_p)|| <= tol, i.e. relative to the RMS norm of the (training)
-    features; it uses the caller's features chunk by chunk (no extra N×K copy) and computes the
-    difference directly, avoiding the cancellation of ||x||² + ||p||² − 2x·p.
+    features. A cheap exact prefilter runs first: a near-duplicate has (up to round-off) the
+    same norm and the same projections on a few fixed random directions (|r·(x − p)| <=
+    ||r||·||x − p||), so per pick only O(N·P) work is done; the few survivors get the exact test
+    on the caller's features, computed as a difference (no cancellation).
     """
+
+    N_PROJ = 8
 
     def __init__(self, raw: torch.Tensor, scale: float, tol: float) -> None:
         self.raw = raw
-        self.scale = scale
-        self.tol = tol
+        self.tol_raw = tol / scale  # the tolerance in the caller's units
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        k = raw.shape[1]
+        proj = torch.randn((k, self.N_PROJ), generator=gen, dtype=torch.float64)
+        proj = torch.cat([proj / proj.norm(dim=0, keepdim=True), proj.new_zeros((k, 1))], dim=1)
+        proj = proj.to(raw.device)
+        n = raw.shape[0]
+        self.keys = torch.empty((n, self.N_PROJ + 1), dtype=torch.float64, device=raw.device)
+        for i in range(0, n, CHUNK_ROWS):
+            blk = raw[i : i + CHUNK_ROWS].to(torch.float64)
+            out = blk @ proj
+            out[:, -1] = blk.norm(dim=1)
+            self.keys[i : i + CHUNK_ROWS] = out
+        # Round-off slack of the keys, relative to the largest norm.
+        self.slack = 1e-9 * float(self.keys[:, -1].max()) + 1e-300
 
     def near(self, p: int) -> torch.Tensor:
         """Boolean mask (N,) of candidates that duplicate candidate ``p`` (``p`` included)."""
         n = self.raw.shape[0]
         out = torch.zeros(n, dtype=torch.bool, device=self.raw.device)
-        ref = self.raw[p].to(torch.float64)
-        limit = (self.tol / self.scale) ** 2
-        for i in range(0, n, CHUNK_ROWS):
-            d2 = (self.raw[i : i + CHUNK_ROWS].to(torch.float64) - ref).square().sum(dim=1)
-            out[i : i + CHUNK_ROWS] = d2 <= limit
         out[p] = True
+        gap = (self.keys - self.keys[p]).abs().amax(dim=1)
+        cand = torch.nonzero(gap <= self.tol_raw + self.slack).flatten()
+        if cand.numel() > 1:
+            ref = self.raw[p].to(torch.float64)
+            for i in range(0, cand.numel(), CHUNK_ROWS):
+                idx = cand[i : i + CHUNK_ROWS]
+                d2 = (self.raw[idx].to(torch.float64) - ref).square().sum(dim=1)
+                out[idx[d2 <= self.tol_raw**2]] = True
         return out

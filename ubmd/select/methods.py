@@ -31,6 +31,7 @@ class Pool:
     available: torch.Tensor  # (N,) bool
     guard: DuplicateGuard
     rng: np.random.Generator
+    variances: torch.Tensor | None = None  # max_det: posterior variances after the last pick
 
     def take(self, p: int) -> None:
         self.available &= ~self.guard.near(p)
@@ -75,6 +76,7 @@ def select_max_det(pool: Pool, b: int, sigma: float) -> tuple[list[int], list[fl
     Pivoted-Cholesky form: c_j(x) = k_{j-1}(x, p_j)/sqrt(k_{j-1}(p_j, p_j) + σ²) and
     k_j(x, x) = k_{j-1}(x, x) − c_j(x)². Each pick multiplies det(k(S, S) + σ²I) by
     (σ² + variance), so this is greedy D-optimal design; scores are the variances at pick time.
+    The final variances of all candidates are left in ``pool.variances``.
     """
     f = pool.f
     var = sqnorms(f)
@@ -93,6 +95,7 @@ def select_max_det(pool: Pool, b: int, sigma: float) -> tuple[list[int], list[fl
         c /= float(np.sqrt(max(vp, 0.0) + sigma**2))
         cols[:, j] = c
         var -= c.square()
+    pool.variances = var
     return picks, vals
 
 
