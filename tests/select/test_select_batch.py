@@ -112,3 +112,21 @@ def test_bad_input_errors():
         select_batch(pool[0], 1)
     with pytest.raises(ValueError, match="sigma must be a positive"):
         select_batch(pool, 2, sigma=0.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_whole_pool_and_float32_compute(method):
+    pool, train, unc = _pool(5, n=15, k=6)
+    res = select_batch(pool, 15, method=method, train_features=train, uncertainties=unc)
+    assert sorted(res.indices.tolist()) == list(range(15))
+    res32 = select_batch(pool, 5, method=method, train_features=train, dtype=torch.float32)
+    assert len(set(res32.indices.tolist())) == 5
+
+
+def test_all_zero_features_are_rejected():
+    with pytest.raises(ValueError, match="all reference features are zero"):
+        select_batch(np.zeros((5, 3)), 2, method="max_dist")
+    # with a training set to set the scale, zero candidates are fine
+    with pytest.warns(UserWarning, match="only 1 distinct"):
+        res = select_batch(np.zeros((5, 3)), 2, method="max_det", train_features=np.eye(3))
+    assert len(res) == 1  # all five candidates are duplicates of each other

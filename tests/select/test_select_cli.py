@@ -67,12 +67,15 @@ def test_design_prints_report_and_saves_plot(files):
     d, pool, _, train = files
     png = d / "design.png"
     args = ["design", str(d / "pool.npz"), "--train", str(d / "train.npz"), "--plot", str(png)]
-    res = runner.invoke(app, [*args, "--batch-size", "4"])
+    res = runner.invoke(app, [*args, "--batch-size", "4", "--out", str(d / "report.json")])
     assert res.exit_code == 0, res.output
     assert "effective rank" in res.output and "condition number" in res.output
     assert "pool adds information" in res.output
     rep = design_report(pool, train_features=train)
     assert f"{rep.max_gain:.4g}" in res.output
+    doc = json.loads((d / "report.json").read_text())
+    assert doc["adds_information"] is True
+    np.testing.assert_allclose(doc["gains"], rep.gains)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 

@@ -102,6 +102,9 @@ def design(
         None, "--plot", help="Save a PNG: sorted gains and the training eigenvalue spectrum."
     ),
     device: str | None = typer.Option(None, "--device", help="torch device, e.g. cuda:0."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Write the report (with per-candidate gains) as JSON here."
+    ),
 ) -> None:
     """Offline optimal-design report: how much would labeling this pool add?
 
@@ -137,6 +140,16 @@ def design(
         if plot is not None:
             plot_design_report(rep, str(plot))
             Console(stderr=True).print(f"wrote {plot}")
+        if out is not None:
+            doc = {name: value for name, value in rep.rows()}
+            doc.update(
+                adds_information=rep.adds_information,
+                gains=[float(g) for g in rep.gains],
+                novelty=[float(v) for v in rep.novelty],
+                eigenvalues=[float(e) for e in rep.eigenvalues],
+            )
+            out.write_text(json.dumps(doc, indent=2) + "\n")
+            Console(stderr=True).print(f"wrote {out}")
 
 
 def register(app: typer.Typer) -> None:
