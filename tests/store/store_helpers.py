@@ -64,11 +64,66 @@ def labeled_atoms(n: int, seed: int = 0, *, periodic_every: int = 3) -> list[Ato
     return out
 
 
+def _arm_self_kill(store, where: str) -> None:
+    """Make this process SIGKILL itself at a chosen point inside the next append:
+    ``put:N`` before the N-th dataset write, ``flush:N`` / ``flushed:N`` before / after
+    the N-th flush (flush 1 precedes the commit-count write, flush 2 follows it)."""
+    import os
+    import signal
+
+    import ubmd.store.store as store_mod
+
+    kind, n = where.split(":")
+    count = {"n": 0}
+
+    def maybe_die() -> None:
+        count["n"] += 1
+        if count["n"] == int(n):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if kind == "put":
+        real_put = store_mod._put
+
+        def put(ds, start, values):
+            maybe_die()
+            real_put(ds, start, values)
+
+        store_mod._put = put
+    else:
+        real_flush = store._f.flush
+
+        class FileProxy:  # h5py.File does not take new attributes: wrap it
+            def __getattr__(self, name):
+                return getattr(store._f_real, name)
+
+            def __getitem__(self, key):
+                return store._f_real[key]
+
+            def flush(self):
+                if kind == "flush":
+                    maybe_die()
+                real_flush()
+                if kind == "flushed":
+                    maybe_die()
+
+        store._f_real = store._f
+        store._f = FileProxy()
+
+
 def _writer(path: str, first: int) -> None:
+    import os
+
     from ubmd.store import StructureStore
 
     store = StructureStore.open(path, mode="a")
     print("ready", flush=True)
+    if os.environ.get("UBMD_TEST_SELF_KILL"):
+        store.append_arrays(batch_arrays(first))
+        print(first, len(batch_arrays(first)[keys.N_ATOMS]), flush=True)
+        _arm_self_kill(store, os.environ["UBMD_TEST_SELF_KILL"])
+        store.append_arrays(batch_arrays(first + 1))
+        print("survived", flush=True)
+        return
     batch = first
     while True:
         arrays = batch_arrays(batch)

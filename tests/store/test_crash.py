@@ -10,12 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
+import pytest
 import store_helpers
 from store_helpers import batch_arrays
 
 from ubmd import keys
 from ubmd.store import StoreLockedError, StructureStore
+from ubmd.store.schema import ATOM_DATASETS, STRUCT_DATASETS
 from ubmd.store.superblock import consistency_flags
 from ubmd.store.validate import validate
 
@@ -23,8 +26,8 @@ WRITER = [sys.executable, store_helpers.__file__]
 N_KILLS = 22
 
 
-def _spawn(path: Path, first: int) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def _spawn(path: Path, first: int, self_kill: str = "") -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", UBMD_TEST_SELF_KILL=self_kill)
     return subprocess.Popen(
         [*WRITER, str(path), str(first)], stdout=subprocess.PIPE, text=True, env=env
     )
@@ -90,6 +93,42 @@ def test_sigkill_at_random_moments_keeps_exactly_committed(tmp_path: Path) -> No
     assert len(reported) > N_KILLS, "the writer hardly ever committed anything"
     assert flagged > N_KILLS // 2, "most kills should hit a writer holding the file open"
     print(f"{len(reported)} batches, {in_flight_kept} in-flight batches fully present")
+
+
+N_PUTS = len(ATOM_DATASETS) + len(STRUCT_DATASETS)
+# kill point -> is the second batch in the store afterwards? (None: either is correct)
+KILL_POINTS = {
+    "put:1": False,  # before the first dataset write
+    "put:3": False,
+    "put:12": False,
+    f"put:{N_PUTS}": False,  # the last data write (no new strings in batch 1), before any flush
+    "flush:1": False,
+    "flushed:1": False,  # data on disk, commit counts not yet written
+    "flush:2": None,  # counts written but not flushed
+    "flushed:2": True,  # append complete
+}
+
+
+@pytest.mark.parametrize("where", list(KILL_POINTS))
+def test_kill_at_chosen_points_inside_append(tmp_path: Path, where: str) -> None:
+    """Deterministic kills between the data writes, around the flushes and the commit."""
+    path = tmp_path / "s.h5"
+    proc = _spawn(path, 0, self_kill=where)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, out
+    assert "survived" not in out
+    with h5py.File(path, "r", swmr=True, libver="latest") as f:
+        torn = f["positions"].shape[0] > f["committed"][1]  # uncommitted rows on disk
+    present = _check_content(path, {0}, in_flight=1)
+    if KILL_POINTS[where] is not None:
+        assert present == ([0, 1] if KILL_POINTS[where] else [0])
+    if where == "flushed:1":
+        assert torn, "the kill should have left uncommitted rows behind"
+    assert validate(path) == []
+    with StructureStore.open(path, mode="a") as st:
+        st.append_arrays(batch_arrays(2))
+    assert _check_content(path, {*present, 2}, None) == [*present, 2]
+    assert validate(path) == []
 
 
 def test_reader_sees_consistent_prefix_while_writer_appends(tmp_path: Path) -> None:
