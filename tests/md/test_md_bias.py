@@ -99,7 +99,7 @@ def test_adaptive_strength_zero_until_window_full_then_ratio():
     W = 4
     state = make_state([atoms, atoms], temperature_K=20, window=W, seed=1)
     model = LJModel()
-    bias = BiasConfig(tau_rel=0.25, window=W, species_weights={10: 0.5})
+    bias = BiasConfig(tau_rel=0.25, window=W, species_weights={10: 0.5}, norm_every=1)
     f2, g2 = [], []
     for step in range(6):
         state.positions = state.positions + 0.01 * torch.randn_like(state.positions)
@@ -142,3 +142,15 @@ def test_stress_bias_widens_volume_range_emt():
     plain, biased = volumes(0.0), volumes(1.0)
     assert np.ptp(biased) > 1.3 * np.ptp(plain)
     assert biased.std() > 1.3 * plain.std()
+
+
+def test_single_pass_biased_force_equals_two_pass_force():
+    atoms = _mixed_cluster()
+    state = make_state([atoms, atoms], temperature_K=None)
+    state.step = torch.tensor([3, 7])  # not a sampling step for norm_every=10
+    model = LJModel()
+    fast = evaluate(state, model, stress=False, bias=BiasConfig(tau_eV=0.4))
+    slow = evaluate(state, model, stress=False, bias=BiasConfig(tau_eV=0.4, norm_every=1))
+    assert not fast.model_forces_exact and slow.model_forces_exact
+    torch.testing.assert_close(fast.forces, slow.forces, rtol=0, atol=1e-12)
+    assert float((slow.forces - slow.model_forces).abs().max()) > 1e-3

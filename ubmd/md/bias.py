@@ -16,6 +16,15 @@ Adaptive strengths, per replica, over a rolling window of the last W evaluations
 and zero (unbiased) until the window is full. F_E and du/dr come from one batched
 backward pass (``is_grads_batched``: two cotangents through one graph), falling back to
 two passes for models that vmap cannot handle.
+
+Cost: separate F_E and du/dr need two reverse passes through the network (a batched
+``is_grads_batched`` pass measured slower on CPU than two plain ones). They are needed
+only to sample the window norms, every ``norm_every`` steps per replica; on the other
+steps, when the species weights are uniform and no stress is wanted, one backward pass
+through E - tau_eff u gives the biased force directly (the model force is then not
+separately known: ``Evaluation.model_forces_exact`` is False and candidate files get NaN
+forces for such frames). Non-uniform species weights or the stress bias take the two
+passes every step.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ import torch
 from ubmd import keys
 from ubmd.md.state import MDState, segment_sum
 
+ENERGY_GRADS = "_energy_grads"  # optional model output: precomputed dE/d(inputs) (ensembles)
+
 _BIAS_KEYS = (keys.UNCERTAINTY, keys.ATOMIC_UNCERTAINTY)
 
 
@@ -36,6 +47,9 @@ class BiasConfig:
     """Strength and shape of the uncertainty bias.
 
     ``tau_rel``/``tau_stress_rel`` set the adaptive strengths (0 disables that part);
+    the window sums take a sample of the two norms every ``norm_every`` steps (on the
+    other steps, with uniform species weights and no stress, the biased force costs a
+    single backward pass through E - tau u; see the module docstring);
     ``tau_eV``/``tau_stress_eV`` instead fix tau (units of energy / uncertainty unit)
     from the first step on. ``uncertainty_key``: ``keys.UNCERTAINTY`` (total, per
     replica) or ``keys.ATOMIC_UNCERTAINTY`` (summed over the replica's atoms).
@@ -48,8 +62,20 @@ class BiasConfig:
     uncertainty_key: str = keys.UNCERTAINTY
     tau_eV: float | None = None
     tau_stress_eV: float | None = None
+    norm_every: int = 10
+
+    @property
+    def uniform_weights(self) -> bool:
+        return all(float(w) == 1.0 for w in self.species_weights.values())
+
+    @property
+    def window_samples(self) -> int:
+        """Length of the rolling buffers: one sample every ``norm_every`` steps."""
+        return -(-self.window // self.norm_every)
 
     def __post_init__(self) -> None:
+        if self.norm_every < 1:
+            raise ValueError(f"norm_every must be >= 1 step, got {self.norm_every}")
         for name in ("tau_rel", "tau_stress_rel"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -76,6 +102,7 @@ class Evaluation:
     tau: torch.Tensor  # (R,) effective force-bias strength
     tau_stress: torch.Tensor  # (R,) effective stress-bias strength
     outputs: dict[str, torch.Tensor]  # detached model outputs (uncertainties, features, ...)
+    model_forces_exact: bool = True  # False: single-pass biased step, model_forces = forces
 
     @property
     def biased_energy(self) -> torch.Tensor:
@@ -91,32 +118,29 @@ def species_weight_per_atom(bias: BiasConfig, numbers: torch.Tensor, dtype) -> t
 
 
 def _two_grads(a: torch.Tensor, b: torch.Tensor, inputs: list[torch.Tensor]):
-    """Gradients of scalars a and b w.r.t. inputs: one batched backward when possible."""
-    try:
-        out = torch.autograd.grad(
-            torch.stack([a, b]),
-            inputs,
-            grad_outputs=torch.eye(2, dtype=a.dtype, device=a.device),
-            is_grads_batched=True,
-            allow_unused=True,
-            materialize_grads=True,
-        )
-        return [g[0] for g in out], [g[1] for g in out]
-    except RuntimeError:  # some ops have no vmap rule: two passes through the same graph
-        kw = {"allow_unused": True, "materialize_grads": True}
-        ga = torch.autograd.grad(a, inputs, retain_graph=True, **kw)
-        gb = torch.autograd.grad(b, inputs, **kw)
-        return list(ga), list(gb)
+    """Gradients of scalars a and b w.r.t. inputs: two reverse passes over one graph."""
+    kw = {"allow_unused": True, "materialize_grads": True}
+    ga = torch.autograd.grad(a, inputs, retain_graph=True, **kw)
+    gb = torch.autograd.grad(b, inputs, **kw)
+    return list(ga), list(gb)
 
 
-def _push(win: torch.Tensor, value: torch.Tensor) -> None:
-    win.copy_(torch.roll(win, -1, dims=1))
-    win[:, -1] = value
+def _push(win: torch.Tensor, value: torch.Tensor, mask: torch.Tensor) -> None:
+    """Append ``value`` to the rolling buffer of the replicas in ``mask``."""
+    rolled = torch.roll(win, -1, dims=1)
+    rolled[:, -1] = value
+    win.copy_(torch.where(mask[:, None], rolled, win))
 
 
 def _strength(rel: float, num: torch.Tensor, den: torch.Tensor, full: torch.Tensor):
     tau = rel * torch.sqrt(num.sum(1)) / torch.sqrt(den.sum(1)).clamp_min(1e-300)
     return torch.where(full & (den.sum(1) > 0), tau, torch.zeros_like(tau))
+
+
+def _tau(bias: BiasConfig, state: MDState, full: torch.Tensor, zeros_r: torch.Tensor):
+    if bias.tau_eV is not None:
+        return torch.full_like(zeros_r, bias.tau_eV)
+    return _strength(bias.tau_rel, state.win_f2, state.win_g2, full)
 
 
 def evaluate(
@@ -159,12 +183,31 @@ def evaluate(
             u = out[bias.uncertainty_key]
             if u.shape[0] != R:  # atomic uncertainty: sum per replica
                 u = segment_sum(u, state.batch, R)
-            g_e, g_u = _two_grads(energy.sum(), u.sum(), inputs)
-        else:
-            g_e = list(
-                torch.autograd.grad(energy.sum(), inputs, allow_unused=True, materialize_grads=True)
+        pre = out.get(ENERGY_GRADS)  # energy gradients the model already took (ensembles)
+        kw = {"allow_unused": True, "materialize_grads": True}
+        if u is None:
+            g_e = (
+                list(pre)
+                if pre is not None
+                else list(torch.autograd.grad(energy.sum(), inputs, **kw))
             )
+        else:
+            sample = (state.step % bias.norm_every) == 0
+            full = (state.step + 1) >= bias.window
+            fast = bias.uniform_weights and not stress and pre is None and not bool(sample.any())
+            if fast:  # one backward pass through E - tau u (window unchanged this step)
+                tau = _tau(bias, state, full, zeros_r)
+                (g,) = torch.autograd.grad((energy - tau * u).sum(), inputs, **kw)
+            elif pre is not None:
+                g_e, g_u = list(pre), list(torch.autograd.grad(u.sum(), inputs, **kw))
+            else:
+                g_e, g_u = _two_grads(energy.sum(), u.sum(), inputs)
     detached = {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor)}
+    if u is not None and fast:
+        detached["_bias_u"] = u.detach()
+        forces = -g
+        return Evaluation(energy.detach(), forces, forces, zeros_r.new_zeros(R, 3, 3),
+                          zeros_r.new_zeros(R, 3, 3), tau, zeros_r, detached, False)  # fmt: skip
     f_model = -g_e[0]
     vol = state.volume.clamp_min(1e-12)[:, None, None]
     if stress:
@@ -178,19 +221,15 @@ def evaluate(
 
     detached["_bias_u"] = u.detach()
     g_pos = species_weight_per_atom(bias, state.numbers, state.dtype)[:, None] * g_u[0]
-    full = (state.step + 1) >= bias.window
-    _push(state.win_f2, segment_sum((f_model**2).sum(-1), state.batch, R))
-    _push(state.win_g2, segment_sum((g_pos**2).sum(-1), state.batch, R))
-    if bias.tau_eV is not None:
-        tau = torch.full_like(zeros_r, bias.tau_eV)
-    else:
-        tau = _strength(bias.tau_rel, state.win_f2, state.win_g2, full)
+    _push(state.win_f2, segment_sum((f_model**2).sum(-1), state.batch, R), sample)
+    _push(state.win_g2, segment_sum((g_pos**2).sum(-1), state.batch, R), sample)
+    tau = _tau(bias, state, full, zeros_r)
     forces = f_model + tau[state.batch][:, None] * g_pos
     tau_s, s_total = zeros_r, s_model
     if stress:
         s_u = 0.5 * (g_u[1] + g_u[1].transpose(1, 2)) / vol
-        _push(state.win_s2, (s_model**2).sum((1, 2)))
-        _push(state.win_gs2, (s_u**2).sum((1, 2)))
+        _push(state.win_s2, (s_model**2).sum((1, 2)), sample)
+        _push(state.win_gs2, (s_u**2).sum((1, 2)), sample)
         if bias.tau_stress_eV is not None:
             tau_s = torch.full_like(zeros_r, bias.tau_stress_eV)
         else:

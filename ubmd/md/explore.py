@@ -128,7 +128,9 @@ def frames_from(
         keys.N_ATOMS: np_(state.n_atoms[rows_t]),
         keys.NUMBERS: np_(state.numbers[atom_idx]),
         keys.POSITIONS: np_(state.positions[atom_idx]),
-        keys.FORCES: np_(ev.model_forces[atom_idx]),
+        keys.FORCES: np_(ev.model_forces[atom_idx])
+        if ev.model_forces_exact
+        else np.full((len(atom_idx), 3), np.nan),
         keys.CELL: np_(state.cell[rows_t]),
         keys.PBC: np_(state.pbc[rows_t]),
         keys.ENERGY: np_(ev.energy[rows_t]),
@@ -191,6 +193,7 @@ def run_explorer(
     stress = npt
     dtype, device = _DTYPES[config.dtype], torch.device(config.device)
     n_runs = max(n_slots, len(start_structures))
+    window = bias.window_samples if isinstance(bias, BiasConfig) else 1
     queue = list(range(n_runs))  # replica id k starts from structure k % n_structures
     info: dict[int, dict] = {}
 
@@ -204,7 +207,7 @@ def run_explorer(
             atoms = [start_structures[k % len(start_structures)] for k in ids]
             st = make_state(atoms, replica_ids=ids, seed=config.seed,
                             temperature_K=float(t_sched.at(torch.zeros(1))[0]),
-                            window=config.window, device=device, dtype=dtype)  # fmt: skip
+                            window=window, device=device, dtype=dtype)  # fmt: skip
             if npt:
                 check_periodic(st)
             ev = initialize(st, model, stress=stress, bias=bias)

@@ -1,0 +1,104 @@
+"""A ubmd potential (or ensemble) + uncertainty estimator + calibration as an MD model.
+
+Each call builds a neighbour-listed :class:`ubmd.models.graph.Graph` for the whole batch
+(vesin, one list per replica), swaps in the engine's differentiable positions and strain,
+and runs :func:`ubmd.uncertainty.inference.evaluate` once for all replicas. For ensembles
+the member-mean energy gradients come back with the outputs, so the engine only adds the
+uncertainty's backward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import torch
+
+from ubmd import keys
+from ubmd.md.bias import ENERGY_GRADS
+from ubmd.md.state import MDState
+
+
+class UBMDModel:
+    """Differentiable MD model from a ubmd potential, estimator and calibration.
+
+    ``create_graph``: keep member-force graphs of ensembles differentiable (needed only
+    when biasing on the atom-based ensemble uncertainty, which is built from forces).
+    """
+
+    differentiable = True
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        estimator=None,
+        calibration=None,
+        *,
+        create_graph: bool = False,
+    ) -> None:
+        self.model = model.eval()
+        self.estimator = estimator
+        self.calibration = calibration
+        self.create_graph = create_graph
+        self.has_calibration = calibration is not None and estimator is not None
+        self.cutoff = float(model.cutoff)
+        self.species = set(int(z) for z in model.species)
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike, *, device: str | torch.device | None = None, **kw
+    ) -> UBMDModel:
+        """Load a model file written by ``ubmd.uncertainty.save_bundle`` (or ``save_model``)."""
+        from ubmd.uncertainty.bundle import load_bundle
+
+        model, est, cal = load_bundle(path, device=device)
+        return cls(model, est, cal, **kw)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def check_structures(self, numbers) -> None:
+        unknown = sorted(set(np.unique(np.asarray(numbers)).tolist()) - self.species)
+        if unknown:
+            raise ValueError(
+                f"the model knows elements {sorted(self.species)}, not {unknown} in the structures"
+            )
+
+    def _graph(self, state: MDState):
+        from ubmd.models.graph import Graph
+
+        pos = state.positions.detach().cpu().numpy().copy()
+        bad = ~np.isfinite(pos).all(1)
+        if bad.any():  # blown-up replica: no edges (the stop rule catches the NaN positions)
+            pos[bad] = 1e3 * np.arange(int(bad.sum()))[:, None]
+        arrays = {
+            keys.NUMBERS: state.numbers.cpu().numpy(),
+            keys.POSITIONS: pos,
+            keys.N_ATOMS: state.n_atoms.cpu().numpy(),
+            keys.CELL: state.cell.detach().cpu().numpy(),
+            keys.PBC: state.pbc.cpu().numpy(),
+        }
+        return Graph.from_arrays(arrays, cutoff=self.cutoff, device=state.device, dtype=state.dtype)
+
+    def outputs(
+        self, positions: torch.Tensor, strain: torch.Tensor, state: MDState
+    ) -> dict[str, torch.Tensor]:
+        from ubmd.uncertainty.inference import evaluate
+
+        graph = dataclasses.replace(self._graph(state), positions=positions, strain=strain)
+        wrt = [t for t in (positions, strain) if t.requires_grad]
+        res, grads_e = evaluate(
+            self.model, graph, self.estimator, wrt=wrt, create_graph=self.create_graph
+        )
+        if self.calibration is not None:
+            self.calibration.apply(res)
+        if grads_e is not None and len(wrt) == len(grads_e):
+            res[ENERGY_GRADS] = grads_e
+        res.pop(keys.ATOMIC_FEATURES, None)  # (A, K): not needed by the engine
+        return res
