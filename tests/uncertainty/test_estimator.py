@@ -105,3 +105,22 @@ def test_bad_input_is_rejected_clearly(train_frames):
     with pytest.raises(ValueError, match="needs an estimator"):
         predict(model, graph, uncertainty_gradients=True)
     assert np.isfinite(predict(model, graph, est)[keys.UNCERTAINTY].numpy()).all()
+
+
+def test_fit_from_extxyz_file_equals_fit_from_frames(train_frames, tmp_path):
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    labelled = []
+    for k, atoms in enumerate(train_frames):
+        a = atoms.copy()
+        a.calc = SinglePointCalculator(a, energy=-float(k), forces=np.zeros((len(a), 3)))
+        labelled.append(a)
+    write(tmp_path / "train.extxyz", labelled)
+    model = ToyPotential()
+    cfg = UncertaintyConfig(batch_size=5)
+    a = fit_uncertainty(model, train_frames, cfg)
+    b = fit_uncertainty(model, str(tmp_path / "train.extxyz"), cfg)
+    for k, v in a.state_dict().items():
+        # extxyz stores positions to ~1e-8 Å
+        torch.testing.assert_close(v, b.state_dict()[k], rtol=1e-5, atol=1e-7)

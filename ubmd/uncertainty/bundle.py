@@ -8,7 +8,6 @@ Also: calibrating a model on labelled data and measuring coverage on fresh data.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -67,20 +66,6 @@ def load_bundle(
     return model, est, cal
 
 
-def _batches(
-    data: Any, model: nn.Module, batch_size: int, device: Any
-) -> Iterator[tuple[Any, dict[str, np.ndarray]]]:
-    from ubmd.models.data import labelled_arrays, select
-    from ubmd.models.graph import Graph
-
-    arrays = labelled_arrays(data)
-    n = len(arrays[keys.N_ATOMS])
-    for start in range(0, n, batch_size):
-        part = select(arrays, np.arange(start, min(start + batch_size, n)))
-        graph = Graph.from_arrays(part, cutoff=model.cutoff, device=device, dtype=model.dtype)
-        yield graph, part
-
-
 def uncertainties_and_residuals(
     model: nn.Module,
     estimator: UncertaintyEstimator,
@@ -93,9 +78,16 @@ def uncertainties_and_residuals(
 
     ``data``: labelled ase.Atoms, extxyz path(s), a store, or arrays (as for training).
     """
+    from ubmd.models.data import labelled_arrays, select
+    from ubmd.models.graph import Graph
+
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     cols: dict[str, list[Tensor]] = {"u_total": [], "u_atom": [], "r_total": [], "r_atom": []}
-    for graph, part in _batches(data, model, batch_size, dev):
+    arrays = labelled_arrays(data)
+    n = len(arrays[keys.N_ATOMS])
+    for start in range(0, n, batch_size):
+        part = select(arrays, np.arange(start, min(start + batch_size, n)))
+        graph = Graph.from_arrays(part, cutoff=model.cutoff, device=dev, dtype=model.dtype)
         res = predict(model, graph, estimator, forces=True)
         e_ref = torch.as_tensor(part[keys.ENERGY], dtype=res[keys.ENERGY].dtype, device=dev)
         f_ref = torch.as_tensor(part[keys.FORCES], dtype=res[keys.FORCES].dtype, device=dev)

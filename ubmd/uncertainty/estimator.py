@@ -236,33 +236,59 @@ def fit_uncertainty(
     if config.method == "ensemble":
         return est
 
-    atom_feats, struct_feats, latents = [], [], []
     need_features = config.method in ("posterior", "distance")
+    # Posterior: accumulate Φᵀ Φ and Σ||φ||² per batch, so memory stays O(K²) however large
+    # the training set; distance keeps the (rescaled) features themselves; GMM the latents.
+    acc = {"atom": _Moments(), "total": _Moments()}
+    atom_feats, struct_feats, latents = [], [], []
     for graph in as_graphs(training_data, model, batch_size=config.batch_size, device=dev):
         graph = graph.detach()
         # Gradient features need autograd even at fit time (∂E_i/∂z_l); last-layer ones do not.
         with torch.set_grad_enabled(est.needs_capture):
             out = run_model(model, graph, capture=est.needs_capture)
-            if need_features:
-                phi = est.atomic_features(out).detach()
-                atom_feats.append(phi)
-                struct_feats.append(structure_mean(phi, graph.batch, graph.n_structures))
-            else:
+            if not need_features:
                 latents.append(out[keys.LATENT].detach())
+                continue
+            phi = est.atomic_features(out).detach()
+            phi_s = structure_mean(phi, graph.batch, graph.n_structures)
+        if config.method == "posterior":
+            acc["atom"].add(phi)
+            acc["total"].add(phi_s)
+        else:
+            atom_feats.append(phi)
+            struct_feats.append(phi_s)
     if config.method == "gmm":
-        latent = torch.cat(latents)
         est.atom_head = GMMHead.fit(
-            latent,
+            torch.cat(latents),
             n_components=config.gmm_components,
             seed=config.seed,
             reg_covar=config.gmm_reg_covar,
         ).to(dev)
-        return est
-    phi_a, phi_s = torch.cat(atom_feats), torch.cat(struct_feats)
-    if config.method == "posterior":
-        est.total_head = PosteriorHead.fit(phi_s, sigma=config.sigma)
-        est.atom_head = PosteriorHead.fit(phi_a, sigma=config.sigma)
+    elif config.method == "posterior":
+        est.total_head = acc["total"].posterior(config.sigma)
+        est.atom_head = acc["atom"].posterior(config.sigma)
     else:
-        est.total_head = DistanceHead.fit(phi_s)
-        est.atom_head = DistanceHead.fit(phi_a)
+        est.total_head = DistanceHead.fit(torch.cat(struct_feats))
+        est.atom_head = DistanceHead.fit(torch.cat(atom_feats))
     return est
+
+
+class _Moments:
+    """Running Φᵀ Φ, Σ||φ||² and row count (float64)."""
+
+    def __init__(self) -> None:
+        self.gram: Tensor | None = None
+        self.sum_sq = 0.0
+        self.n = 0
+
+    def add(self, phi: Tensor) -> None:
+        phi = phi.to(torch.float64)
+        g = phi.T @ phi
+        self.gram = g if self.gram is None else self.gram + g
+        self.sum_sq += float(phi.pow(2).sum())
+        self.n += phi.shape[0]
+
+    def posterior(self, sigma: float) -> PosteriorHead:
+        if self.gram is None:
+            raise ValueError("no training features (empty training set)")
+        return PosteriorHead.from_moments(self.gram, self.sum_sq, self.n, sigma=sigma)

@@ -8,9 +8,11 @@ total uncertainty (a second reverse pass over the same graph). For a biased forc
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -38,13 +40,26 @@ def run_model(model: nn.Module, graph: Any, *, capture: bool = False) -> dict[st
 def as_graphs(
     data: Any, model: nn.Module, *, batch_size: int = 32, device: Any = None
 ) -> Iterator[Any]:
-    """Yield Graph batches from a Graph, a list of Graphs, or ase.Atoms frame(s)."""
+    """Yield Graph batches from a Graph, Graphs, ase.Atoms frame(s), or labelled data.
+
+    Labelled data: an extxyz path (or list of paths), a ubmd store, or a mapping of arrays
+    (as accepted by :func:`ubmd.models.data.labelled_arrays`).
+    """
     from ase import Atoms
 
     from ubmd.models.graph import Graph
 
     if isinstance(data, Graph):
         yield data.to(device)
+        return
+    if _is_labelled_source(data):
+        from ubmd.models.data import labelled_arrays, select
+
+        arrays = labelled_arrays(data)
+        n = len(arrays[keys.N_ATOMS])
+        for start in range(0, n, batch_size):
+            part = select(arrays, np.arange(start, min(start + batch_size, n)))
+            yield Graph.from_arrays(part, cutoff=model.cutoff, device=device, dtype=model.dtype)
         return
     if isinstance(data, Atoms):
         data = [data]
@@ -60,6 +75,12 @@ def as_graphs(
         else:
             kinds = sorted({type(x).__name__ for x in chunk})
             raise TypeError(f"expected Graphs or ase.Atoms, got {kinds}")
+
+
+def _is_labelled_source(data: Any) -> bool:
+    if isinstance(data, str | os.PathLike | Mapping) or hasattr(data, "read_arrays"):
+        return True
+    return isinstance(data, list | tuple) and bool(data) and isinstance(data[0], str | os.PathLike)
 
 
 def predict(

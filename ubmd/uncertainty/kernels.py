@@ -39,13 +39,30 @@ class PosteriorHead(nn.Module):
         cls, train_features: Tensor, *, sigma: float, dtype: torch.dtype = torch.float64
     ) -> PosteriorHead:
         """Build from training features Φ (N, K)."""
+        feature_scale(train_features)  # rejects empty / all-zero features with a clear error
+        phi = train_features.detach().to(torch.float64)
+        sum_sq = float(phi.pow(2).sum())
+        return cls.from_moments(phi.T @ phi, sum_sq, phi.shape[0], sigma=sigma, dtype=dtype)
+
+    @classmethod
+    def from_moments(
+        cls,
+        gram: Tensor,
+        sum_sq: float,
+        n: int,
+        *,
+        sigma: float,
+        dtype: torch.dtype = torch.float64,
+    ) -> PosteriorHead:
+        """Build from ΦᵀΦ (K, K), Σ_j ||φ_j||² and the number of rows n (unscaled features)."""
         if not sigma > 0.0:
             raise ValueError(f"sigma must be > 0, got {sigma}")
-        scale = feature_scale(train_features)
-        phi = train_features.detach().to(torch.float64) * scale
-        k = phi.shape[1]
-        gram = phi.T @ phi + sigma**2 * torch.eye(k, dtype=phi.dtype, device=phi.device)
-        chol, info = torch.linalg.cholesky_ex(gram)
+        if n < 1 or not sum_sq > 0.0:
+            raise ValueError("training features are empty or all zero; cannot rescale them")
+        scale = (sum_sq / n) ** -0.5
+        k = gram.shape[0]
+        eye = torch.eye(k, dtype=torch.float64, device=gram.device)
+        chol, info = torch.linalg.cholesky_ex(scale**2 * gram.to(torch.float64) + sigma**2 * eye)
         if int(info) != 0:
             raise ValueError(
                 f"posterior matrix is not positive definite (sigma={sigma}); use a larger sigma"
