@@ -47,7 +47,7 @@ class UBMDCalculator(Calculator):
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | list[torch.nn.Module],
         estimator: Any = None,
         calibration: Any = None,
         *,
@@ -55,6 +55,10 @@ class UBMDCalculator(Calculator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if isinstance(model, list | tuple):
+            from ubmd.models.ensemble import Ensemble
+
+            model = Ensemble(model)
         if device is not None:
             model = model.to(device)
             estimator = estimator.to(device) if estimator is not None else None
@@ -81,7 +85,7 @@ class UBMDCalculator(Calculator):
     ) -> None:
         super().calculate(atoms, properties, system_changes)
         from ubmd.models.graph import Graph
-        from ubmd.uncertainty.predict import predict
+        from ubmd.uncertainty.inference import predict
 
         atoms = self.atoms
         periodic = bool(np.all(atoms.pbc))

@@ -124,3 +124,14 @@ def test_fit_from_extxyz_file_equals_fit_from_frames(train_frames, tmp_path):
     for k, v in a.state_dict().items():
         # extxyz stores positions to ~1e-8 Å
         torch.testing.assert_close(v, b.state_dict()[k], rtol=1e-5, atol=1e-7)
+
+
+def test_sketched_features_with_frozen_parameters(train_frames):
+    """MD engines freeze the weights (requires_grad=False); gradient features must still work."""
+    cfg = UncertaintyConfig(features="sketched_gradient", sketch_dim=16)
+    live, frozen = ToyPotential(seed=2), ToyPotential(seed=2).requires_grad_(False)
+    graph = Graph.from_atoms(train_frames[3], cutoff=4.0)
+    a = predict(live, graph, fit_uncertainty(live, train_frames, cfg), forces=False)
+    b = predict(frozen, graph, fit_uncertainty(frozen, train_frames, cfg), forces=False)
+    torch.testing.assert_close(a[keys.ATOMIC_FEATURES], b[keys.ATOMIC_FEATURES])
+    torch.testing.assert_close(a[keys.UNCERTAINTY], b[keys.UNCERTAINTY])

@@ -80,14 +80,16 @@ def uncertainties_and_residuals(
     """
     from ubmd.models.data import labelled_arrays, select
     from ubmd.models.graph import Graph
+    from ubmd.uncertainty.inference import _as_models
 
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    first = _as_models(model)[0]  # cutoff/dtype/device of the (first) member
+    dev = torch.device(device) if device is not None else next(first.parameters()).device
     cols: dict[str, list[Tensor]] = {"u_total": [], "u_atom": [], "r_total": [], "r_atom": []}
     arrays = labelled_arrays(data)
     n = len(arrays[keys.N_ATOMS])
     for start in range(0, n, batch_size):
         part = select(arrays, np.arange(start, min(start + batch_size, n)))
-        graph = Graph.from_arrays(part, cutoff=model.cutoff, device=dev, dtype=model.dtype)
+        graph = Graph.from_arrays(part, cutoff=first.cutoff, device=dev, dtype=first.dtype)
         res = predict(model, graph, estimator, forces=True)
         e_ref = torch.as_tensor(part[keys.ENERGY], dtype=res[keys.ENERGY].dtype, device=dev)
         f_ref = torch.as_tensor(part[keys.FORCES], dtype=res[keys.FORCES].dtype, device=dev)

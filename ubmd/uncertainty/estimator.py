@@ -244,6 +244,8 @@ def fit_uncertainty(
     for graph in as_graphs(training_data, model, batch_size=config.batch_size, device=dev):
         graph = graph.detach()
         # Gradient features need autograd even at fit time (∂E_i/∂z_l); last-layer ones do not.
+        # Positions require grad so that this works with frozen model parameters too.
+        graph.positions.requires_grad_(est.needs_capture)
         with torch.set_grad_enabled(est.needs_capture):
             out = run_model(model, graph, capture=est.needs_capture)
             if not need_features:

@@ -110,6 +110,10 @@ def predict(
     if stress:
         graph.strain.requires_grad_(True)
         wrt.append(graph.strain)
+    if estimator is not None and estimator.needs_capture:
+        # Gradient features differentiate through the readout; make sure the graph is
+        # differentiable even if the model's parameters are frozen.
+        graph.positions.requires_grad_(True)
     with torch.enable_grad():
         res, grads_e = evaluate(
             models, graph, estimator, wrt=wrt, create_graph=uncertainty_gradients
