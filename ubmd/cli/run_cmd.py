@@ -1,7 +1,86 @@
-"""`ubmd` commands: run (filled in by its issue)."""
+"""`ubmd run` (an active-learning campaign on a site) and `ubmd status` (where a campaign stands)."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+from ubmd.cli.errors import user_errors
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main app."""
+    app.command("run")(run)
+    app.command("status")(status)
+
+
+def run(
+    campaign: Path = typer.Argument(
+        ..., help="Campaign file (YAML), e.g. workflows/quickstart/campaign.yaml."
+    ),
+    site: str = typer.Option(
+        "local",
+        "--site",
+        "-s",
+        help="Site config: a name in site_configs/ (local, slurm, ...) or a YAML path.",
+    ),
+    directory: Path | None = typer.Option(
+        None, "--dir", help="Campaign directory (overrides the file's `directory`)."
+    ),
+    max_iterations: int | None = typer.Option(
+        None, help="Override stopping.max_iterations (e.g. to run a resumed campaign longer)."
+    ),
+    live: bool = typer.Option(
+        True, "--live/--no-live", help="Live table in a terminal; plain log lines otherwise."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Validate both files, render what would be submitted, run nothing."
+    ),
+) -> None:
+    """Run an active-learning campaign, or resume it if its directory already exists.
+
+    Every iteration trains the model(s), calibrates the uncertainty, runs the explorers, selects a
+    batch of candidates, labels them with the reference code and appends each label to the
+    campaign's HDF5 store as it arrives. Killing the run at any point loses nothing: run the same
+    command again to continue where it stopped.
+    """
+    with user_errors():
+        from ubmd.campaign.config import load_campaign
+        from ubmd.pipeline.sites import load_site
+
+        config = load_campaign(campaign)
+        updates = {}
+        if directory is not None:
+            updates["directory"] = str(directory.resolve())
+        if max_iterations is not None:
+            updates["stopping"] = config.stopping.model_copy(
+                update={"max_iterations": max_iterations}
+            )
+        if updates:
+            config = config.model_copy(update=updates)
+        site_config = load_site(site)
+        if dry_run:
+            from ubmd.pipeline.dryrun import dry_run as render
+
+            render(config, site_config)
+            return
+        from ubmd.pipeline.driver import run_campaign
+
+        summary = run_campaign(config, site_config, live=live)
+    typer.echo(
+        f"campaign {config.name}: {summary.iterations_done} iteration(s), {summary.labels_stored} labels stored "
+        f"this run, {summary.labels_failed} failed; stopped: {summary.stop_reason}"
+    )
+    typer.echo(f"directory: {config.campaign_dir}")
+
+
+def status(
+    directory: Path = typer.Argument(
+        ..., help="A campaign directory (holds campaign.yaml and store.h5)."
+    ),
+) -> None:
+    """Where a campaign stands: iterations, phases done, labels by status, latest metrics."""
+    with user_errors():
+        from ubmd.campaign.status import campaign_status, render_status
+
+        render_status(campaign_status(directory))

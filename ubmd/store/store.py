@@ -332,6 +332,15 @@ class StructureStore:
             mask &= np.isin(reading.column(self._ds["iteration"], rows, n), wanted)
         return rows[mask]
 
+    def content_hashes(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """(S, 16) uint8 content hashes (numbers, positions, cell) of the given rows (all by
+        default): what duplicate detection compares; row order as given."""
+        n = len(self)
+        rows = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+        if rows.size == 0:
+            return np.zeros((0, 16), dtype=np.uint8)
+        return self._ds["hash"][:n][rows]
+
     def info(self) -> dict[str, Any]:
         """Summary: counts by status / iteration / labeler / sampler, elements, attributes."""
         return reading.summary(self, self._f, self._ds, self._strings)

@@ -1,0 +1,80 @@
+"""Campaign files: strict validation with the nearest valid key, relative paths, defaults."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ubmd.campaign.config import load_campaign, parse_campaign
+from ubmd.strict import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _minimal() -> dict:
+    return {
+        "name": "t",
+        "directory": "run",
+        "systems": [{"name": "ala2", "structure": "ala2.extxyz"}],
+    }
+
+
+def test_minimal_defaults_and_relative_paths(tmp_path):
+    cfg = parse_campaign(_minimal(), base_dir=tmp_path)
+    assert cfg.campaign_dir == (tmp_path / "run").resolve()
+    assert cfg.path("ala2.extxyz") == (tmp_path / "ala2.extxyz").resolve()
+    assert cfg.selection.method == "max_det"
+    assert cfg.model.ensemble_size == 1
+
+
+@pytest.mark.parametrize(
+    ("mutate", "pattern"),
+    [
+        (lambda d: d.update(sead=1), "unknown key 'sead'.*did you mean 'seed'"),
+        (lambda d: d.update(selection={"batch_sise": 8}), "batch_sise.*batch_size"),
+        (lambda d: d.update(stopping={"max_iteration": 3}), "max_iteration.*max_iterations"),
+        (lambda d: d["systems"][0].update(structur="x"), "structur.*structure"),
+        (lambda d: d.update(uncertainty={"calibration": {"alpah": 0.1}}), "alpah.*alpha"),
+    ],
+)
+def test_misspelt_keys_name_the_nearest_valid_key(tmp_path, mutate, pattern):
+    data = _minimal()
+    mutate(data)
+    with pytest.raises(ConfigError, match=pattern):
+        parse_campaign(data, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "pattern"),
+    [
+        (lambda d: d.update(seed="zero"), "seed"),
+        (lambda d: d.update(selection={"batch_size": 0}), "batch_size"),
+        (lambda d: d.update(systems=[]), "systems"),
+        (lambda d: d.update(dtype="float16"), "dtype"),
+        (lambda d: d.update(uncertainty={"calibration": {"alpha": 1.5}}), "alpha"),
+    ],
+)
+def test_wrong_types_and_ranges_are_named(tmp_path, mutate, pattern):
+    data = _minimal()
+    mutate(data)
+    with pytest.raises(ConfigError, match=pattern):
+        parse_campaign(data, base_dir=tmp_path)
+
+
+def test_load_missing_and_broken_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_campaign(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_campaign(bad)
+
+
+def test_shipped_workflows_parse():
+    files = sorted((ROOT / "workflows").glob("*/campaign*.yaml"))
+    assert files, "no shipped workflows"
+    for f in files:
+        cfg = load_campaign(f)
+        for system in cfg.systems:
+            assert cfg.path(system.structure).is_file(), (f, system.structure)
+        assert yaml.safe_load(f.read_text())["name"] == cfg.name

@@ -1,0 +1,184 @@
+"""The campaign file (YAML): strictly validated, reproducible from its seed.
+
+Sections owned by the campaign are pydantic models with unknown keys rejected; the sections
+that configure a library component (training, uncertainty, exploration, labeler settings) are
+checked against that component's own config class when the campaign is validated
+(:func:`ubmd.campaign.validate.validate_campaign`), so there is one definition of each option.
+Relative paths are resolved against the campaign file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ubmd.strict import ConfigError, check_keys, format_validation_error
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SystemSpec(_Strict):
+    """A system to explore: a name and its start structure(s)."""
+
+    name: str
+    structure: str  # extxyz / xyz / CIF / POSCAR / a ubmd store (.h5): every frame is a start
+    index: str = ":"  # which frames of the file (ASE index syntax)
+
+
+class InitialData(_Strict):
+    """The first training set: random displacements of the start structures and/or labels on file."""
+
+    random_displacements: int = Field(32, ge=0)  # per system
+    displacement_A: float = Field(
+        0.05, gt=0
+    )  # std of the Gaussian displacement of every coordinate
+    labelled: list[str] = []  # extxyz or ubmd stores holding labelled structures to start from
+
+
+class ModelSpec(_Strict):
+    kind: Literal["builtin", "mace"] = "builtin"
+    ensemble_size: int = Field(1, ge=1)
+    hyperparameters: dict[str, Any] = {}  # architecture keyword arguments
+    training: dict[str, Any] = {}  # ubmd.models.train.TrainConfig fields
+    warm_start: bool = True  # start iteration i+1 from iteration i's weights
+
+
+class CalibrationSpec(_Strict):
+    alpha: float = Field(0.05, gt=0, lt=1)
+    fraction: float = Field(0.1, gt=0, lt=1)  # of labelled data held out, re-split every iteration
+
+
+class UncertaintySpec(_Strict):
+    settings: dict[str, Any] = {}  # ubmd.uncertainty config fields (method, features, sigma, ...)
+    calibration: CalibrationSpec = CalibrationSpec()
+
+
+class ExplorationSpec(_Strict):
+    explorers: int = Field(4, ge=1)  # parallel explorer tasks per iteration
+    replicas: int = Field(8, ge=1)  # batched replicas inside each explorer
+    start_from: Literal["systems", "store"] = "systems"  # store: recent labelled structures too
+    settings: dict[str, Any] = {}  # ubmd.md explore config fields (sampler, temperature_K, ...)
+
+
+class SelectionSpec(_Strict):
+    method: str = "max_det"
+    batch_size: int = Field(8, ge=1)
+    settings: dict[str, Any] = {}  # extra keyword arguments of ubmd.select.select_batch
+
+
+class LabelerSpec(_Strict):
+    name: str = "xtb"
+    settings: dict[str, Any] = {}
+    max_attempts: int = Field(3, ge=1)
+
+
+class StoppingSpec(_Strict):
+    max_iterations: int = Field(8, ge=1)
+    label_budget: int = Field(
+        512, ge=1
+    )  # labels gathered by active learning (initial data excluded)
+    target_force_rmse_eV_A: float | None = None  # stop once the held-out force RMSE is below this
+    stop_when_no_candidates: bool = True
+
+
+class EvaluationSpec(_Strict):
+    test_set: str | None = None  # labelled extxyz/store of held-out frames for the learning curve
+    ramachandran: bool = False  # alanine dipeptide: dihedral coverage of labelled structures
+
+
+class CampaignConfig(_Strict):
+    name: str
+    seed: int = 0
+    directory: str  # the campaign directory (store, models, candidates, reports)
+    device: str = "auto"  # "auto" (a GPU when visible), "cpu", "cuda", "cuda:1", ...
+    dtype: Literal["float32", "float64"] = "float32"
+    systems: list[SystemSpec] = Field(min_length=1)
+    initial_data: InitialData = InitialData()
+    model: ModelSpec = ModelSpec()
+    uncertainty: UncertaintySpec = UncertaintySpec()
+    exploration: ExplorationSpec = ExplorationSpec()
+    selection: SelectionSpec = SelectionSpec()
+    labeler: LabelerSpec = LabelerSpec()
+    stopping: StoppingSpec = StoppingSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    base_dir: str = "."  # folder of the campaign file; relative paths are resolved against it
+
+    @model_validator(mode="after")
+    def _names(self) -> CampaignConfig:
+        names = [s.name for s in self.systems]
+        if len(set(names)) != len(names):
+            raise ValueError(f"system names must be unique, got {names}")
+        return self
+
+    def path(self, p: str | os.PathLike[str]) -> Path:
+        """A path from the campaign file, resolved against its folder."""
+        p = Path(os.path.expandvars(os.path.expanduser(str(p))))
+        return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
+
+    @property
+    def campaign_dir(self) -> Path:
+        return self.path(self.directory)
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"base_dir"})
+
+
+# The model each nested section is checked with, for "did you mean" hints on nested keys.
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "initial_data": InitialData,
+    "model": ModelSpec,
+    "uncertainty": UncertaintySpec,
+    "exploration": ExplorationSpec,
+    "selection": SelectionSpec,
+    "labeler": LabelerSpec,
+    "stopping": StoppingSpec,
+    "evaluation": EvaluationSpec,
+}
+
+
+def parse_campaign(
+    data: Any, *, base_dir: str | os.PathLike[str] = ".", where: str = "campaign"
+) -> CampaignConfig:
+    """Validate a campaign mapping (as read from YAML)."""
+    from pydantic import ValidationError
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
+    check_keys(data, [k for k in CampaignConfig.model_fields if k != "base_dir"], where)
+    for key, model in _SECTIONS.items():
+        section = data.get(key)
+        if isinstance(section, dict):
+            check_keys(section, model.model_fields, f"{where}: section '{key}'")
+    if isinstance(data.get("uncertainty"), dict) and isinstance(
+        data["uncertainty"].get("calibration"), dict
+    ):
+        check_keys(
+            data["uncertainty"]["calibration"],
+            CalibrationSpec.model_fields,
+            f"{where}: uncertainty.calibration",
+        )
+    for i, system in enumerate(data.get("systems") or []):
+        if isinstance(system, dict):
+            check_keys(system, SystemSpec.model_fields, f"{where}: systems[{i}]")
+    try:
+        return CampaignConfig.model_validate({**data, "base_dir": str(Path(base_dir).resolve())})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where)) from None
+
+
+def load_campaign(path: str | os.PathLike[str]) -> CampaignConfig:
+    """Read and validate a campaign YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"campaign file {str(path)!r} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_campaign(data, base_dir=path.parent, where=str(path))

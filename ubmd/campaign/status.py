@@ -1,0 +1,92 @@
+"""`ubmd status DIR`: what a campaign directory holds, read from its artefacts and store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ubmd.campaign.layout import CampaignLayout
+
+
+def campaign_status(directory: str | Path) -> dict[str, Any]:
+    from ubmd.campaign.validate import campaign_dir_of
+    from ubmd.store import StructureStore
+
+    layout = campaign_dir_of(directory)
+    import yaml
+
+    config = yaml.safe_load(layout.config.read_text())
+    iterations = []
+    for it in layout.iterations_present():
+        phases = _phases(layout, it, config)
+        report = json.loads(layout.report(it).read_text()) if layout.report(it).exists() else {}
+        iterations.append({"iteration": it, "phases": phases, "report": report})
+    counts: dict[str, int] = {}
+    by_iteration: dict[int, int] = {}
+    if layout.store.exists():
+        with StructureStore.open(layout.store, mode="r") as store:
+            arrays = store.read_arrays(status=None)
+        from ubmd import keys
+
+        status = [s.decode() if isinstance(s, bytes) else str(s) for s in arrays[keys.STATUS]]
+        for s in status:
+            counts[s] = counts.get(s, 0) + 1
+        for it, s in zip(arrays[keys.ITERATION].tolist(), status, strict=True):
+            if s == keys.STATUS_OK:
+                by_iteration[int(it)] = by_iteration.get(int(it), 0) + 1
+    return {
+        "name": config.get("name"),
+        "directory": str(layout.root),
+        "iterations": iterations,
+        "labels_by_status": counts,
+        "ok_labels_by_iteration": by_iteration,
+    }
+
+
+def _phases(layout: CampaignLayout, it: int, config: dict[str, Any]) -> dict[str, str]:
+    if it == 0:
+        sel = layout.selection(0)
+        n_labels = len(list((layout.iteration(0) / "labels").glob("*.npz")))
+        return {"initial labels": f"{n_labels} result files" if sel.exists() else "not started"}
+    n_members = config.get("model", {}).get("ensemble_size", 1)
+    n_explorers = config.get("exploration", {}).get("explorers", 1)
+    members = sum(layout.member(it, m).exists() for m in range(n_members))
+    explorers = sum(layout.explorer(it, e).exists() for e in range(n_explorers))
+    return {
+        "train": f"{members}/{n_members} members",
+        "calibrate": "done" if layout.bundle(it).exists() else "-",
+        "explore": f"{explorers}/{n_explorers} explorers",
+        "select": "done" if layout.selection(it).exists() else "-",
+        "labels": f"{len(list((layout.iteration(it) / 'labels').glob('*.npz')))} result files",
+        "report": "done" if layout.report(it).exists() else "-",
+    }
+
+
+def render_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{status['name']}[/] in {status['directory']}")
+    console.print(
+        "labels by status: "
+        + (
+            ", ".join(f"{k} {v}" for k, v in sorted(status["labels_by_status"].items()))
+            or "none yet"
+        )
+    )
+    table = Table("iteration", "phases", "labels ok", "force RMSE (eV/Å)", "Ramachandran cov.")
+    for entry in status["iterations"]:
+        it = entry["iteration"]
+        rep = entry["report"]
+        rmse = (rep.get("test") or {}).get("force_rmse_eV_A")
+        cov = rep.get("ramachandran_coverage")
+        table.add_row(
+            str(it),
+            "; ".join(f"{k}: {v}" for k, v in entry["phases"].items()),
+            str(status["ok_labels_by_iteration"].get(it, 0)),
+            "-" if rmse is None else f"{rmse:.4f}",
+            "-" if cov is None else f"{cov:.3f}",
+        )
+    console.print(table)

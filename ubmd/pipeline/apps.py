@@ -1,0 +1,95 @@
+"""Parsl apps: thin wrappers that run library step functions on the executor of their role.
+
+The step functions live in :mod:`ubmd.campaign.steps` (no parsl there); they take and return
+paths and small dicts, so large arrays travel as files, not through parsl's pickles.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ubmd.pipeline.sites import SiteConfig
+
+
+def _run_step(step_name: str, threads: int, /, *args: Any, **kwargs: Any) -> Any:
+    """Executed in a worker: pin the thread count, then call the named library step."""
+    import importlib
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:  # a label-only worker without torch is fine
+        pass
+    steps = importlib.import_module("ubmd.campaign.steps")
+    return getattr(steps, step_name)(*args, **kwargs)
+
+
+@dataclass
+class TaskTracker:
+    """Every future submitted, by phase, for the live display and ``status``."""
+
+    futures: dict[str, list[Any]] = field(default_factory=lambda: collections.defaultdict(list))
+
+    def add(self, phase: str, future: Any) -> Any:
+        self.futures[phase].append(future)
+        return future
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for phase, futs in self.futures.items():
+            c = collections.Counter(_state(f) for f in futs)
+            out[phase] = dict(c)
+        return out
+
+
+def _state(future: Any) -> str:
+    if future.done():
+        return "failed" if future.exception() is not None else "done"
+    record = getattr(future, "task_record", None) or {}
+    status = getattr(record.get("status"), "name", "pending")
+    if status in ("launched", "running", "running_ended"):
+        return "running"
+    return "pending"
+
+
+class Apps:
+    """One parsl python_app per step, bound to the executor its role maps to."""
+
+    ROLE_OF_STEP: ClassVar[dict[str, str]] = {
+        "label_task": "label",
+        "train_task": "train",
+        "bundle_task": "train",
+        "explore_task": "explore",
+        "select_task": "select",
+        "report_task": "select",
+    }
+
+    def __init__(self, site: SiteConfig) -> None:
+        from parsl import python_app
+
+        self._apps: dict[str, Callable[..., Any]] = {}
+        for step, role in self.ROLE_OF_STEP.items():
+            label = site.roles[role]
+            threads = max(1, int(site.executors[label].cores_per_worker))
+            app = python_app(_run_step, executors=[label])
+            self._apps[step] = _bind(app, step, threads)
+
+    def __getattr__(self, step: str) -> Callable[..., Any]:
+        try:
+            return self.__dict__["_apps"][step]
+        except KeyError:
+            raise AttributeError(step) from None
+
+
+def _bind(app: Callable[..., Any], step: str, threads: int) -> Callable[..., Any]:
+    def submit(*args: Any, **kwargs: Any) -> Any:
+        return app(step, threads, *args, **kwargs)
+
+    submit.__name__ = step
+    return submit

@@ -1,0 +1,275 @@
+"""The active-learning DAG on parsl, with resume.
+
+Per iteration: ensemble members train in parallel -> uncertainty fit + calibration -> explorers in
+parallel -> selection on the pooled candidates -> labels in parallel, each appended to the store
+by this (driver) process as it arrives -> report. Every task writes one artefact atomically
+(:mod:`ubmd.campaign.layout`); on a restart a phase whose artefacts exist is not run again, a label
+already in the store is not recomputed, and a label result on disk but not yet in the store is
+appended without recomputing it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ubmd.campaign import steps
+from ubmd.campaign.config import CampaignConfig
+from ubmd.campaign.layout import CampaignLayout, read_json
+from ubmd.pipeline.apps import Apps, TaskTracker
+from ubmd.pipeline.display import Display
+from ubmd.pipeline.sites import SiteConfig, make_config
+
+
+@dataclass
+class RunSummary:
+    iterations_done: int = 0
+    labels_stored: int = 0
+    labels_failed: int = 0
+    stop_reason: str = ""
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> wall seconds (driver view)
+
+
+class Driver:
+    """Runs the DAG for one campaign; the only writer of the campaign's store."""
+
+    def __init__(self, config: CampaignConfig, apps: Apps, store: Any, display: Display) -> None:
+        self.config = config
+        self.cfg = config.model_dump(mode="json")  # what tasks receive: plain data
+        self.layout = CampaignLayout(config.campaign_dir)
+        self.apps = apps
+        self.store = store
+        self.display = display
+        self.tracker: TaskTracker = display.tracker
+        self.summary = RunSummary()
+
+    # -------------------------------------------------------------------- the loop
+    def run(self) -> RunSummary:
+        self._label_phase(0)
+        it = 1
+        while True:
+            reason = self._stop_reason(it)
+            if reason:
+                self.summary.stop_reason = reason
+                break
+            self.display.update(iteration=it)
+            self._train_phase(it)
+            self._explore_phase(it)
+            n_selected = self._select_phase(it)
+            if n_selected == 0 and self.config.stopping.stop_when_no_candidates:
+                self.summary.stop_reason = f"iteration {it}: no new candidates"
+                self._report_phase(it)
+                self.summary.iterations_done = it
+                break
+            self._label_phase(it)
+            self._report_phase(it)
+            self.summary.iterations_done = it
+            it += 1
+        self.display.update(phase="finished", message=self.summary.stop_reason)
+        return self.summary
+
+    def _stop_reason(self, it: int) -> str:
+        stopping = self.config.stopping
+        if it > stopping.max_iterations:
+            return f"reached max_iterations = {stopping.max_iterations}"
+        n_al = steps.count_labels(self.store, min_iteration=1)
+        if n_al >= stopping.label_budget:
+            return f"label budget reached ({n_al} >= {stopping.label_budget})"
+        previous = self.layout.report(it - 1)
+        if stopping.target_force_rmse_eV_A is not None and previous.exists():
+            rmse = read_json(previous).get("test", {}).get("force_rmse_eV_A")
+            if rmse is not None and rmse <= stopping.target_force_rmse_eV_A:
+                return f"held-out force RMSE {rmse:.4f} <= target {stopping.target_force_rmse_eV_A}"
+        return ""
+
+    # -------------------------------------------------------------------- phases
+    def _timed(self, phase: str, t0: float) -> None:
+        self.summary.timings[phase] = (
+            self.summary.timings.get(phase, 0.0) + time.perf_counter() - t0
+        )
+
+    def _wait(self, futures: list[Any], phase: str) -> list[Any]:
+        results = []
+        for fut in futures:
+            while True:
+                try:
+                    results.append(fut.result(timeout=0.5))
+                    break
+                except concurrent.futures.TimeoutError:
+                    self.display.refresh()
+                except Exception as exc:
+                    raise RuntimeError(f"{phase} task failed after retries: {exc}") from exc
+        return results
+
+    def _train_phase(self, it: int) -> None:
+        t0 = time.perf_counter()
+        self.display.update(phase="train")
+        bundle = self.layout.bundle(it)
+        if not bundle.exists():
+            futures = []
+            for m in range(self.config.model.ensemble_size):
+                out = self.layout.member(it, m)
+                if out.exists():
+                    continue
+                init = (
+                    self.layout.member(it - 1, m)
+                    if it > 1 and self.config.model.warm_start
+                    else None
+                )
+                futures.append(
+                    self.tracker.add(
+                        "train",
+                        self.apps.train_task(
+                            self.cfg,
+                            str(self.layout.store),
+                            it,
+                            m,
+                            str(out),
+                            str(init) if init and init.exists() else None,
+                        ),
+                    )
+                )
+            self._wait(futures, "train")
+            members = [
+                str(self.layout.member(it, m)) for m in range(self.config.model.ensemble_size)
+            ]
+            fut = self.tracker.add(
+                "calibrate",
+                self.apps.bundle_task(self.cfg, str(self.layout.store), it, members, str(bundle)),
+            )
+            self._wait([fut], "calibrate")
+        self._timed("train", t0)
+
+    def _explore_phase(self, it: int) -> None:
+        t0 = time.perf_counter()
+        self.display.update(phase="explore")
+        starts = self.layout.starts(it)
+        if not starts.exists():
+            steps.write_starts(self.config, self.store, it, starts)
+        futures = []
+        for e in range(self.config.exploration.explorers):
+            out = self.layout.explorer(it, e)
+            if out.exists():
+                continue
+            futures.append(
+                self.tracker.add(
+                    "explore",
+                    self.apps.explore_task(
+                        self.cfg, str(self.layout.bundle(it)), str(starts), it, e, str(out)
+                    ),
+                )
+            )
+        self._wait(futures, "explore")
+        self._timed("explore", t0)
+
+    def _select_phase(self, it: int) -> int:
+        t0 = time.perf_counter()
+        self.display.update(phase="select")
+        out = self.layout.selection(it)
+        if not out.exists():
+            cands = [
+                str(self.layout.explorer(it, e)) for e in range(self.config.exploration.explorers)
+            ]
+            fut = self.tracker.add(
+                "select",
+                self.apps.select_task(
+                    self.cfg,
+                    str(self.layout.bundle(it)),
+                    cands,
+                    str(self.layout.store),
+                    it,
+                    str(out),
+                ),
+            )
+            self._wait([fut], "select")
+        self._timed("select", t0)
+        return steps.count_frames(out)
+
+    def _label_phase(self, it: int) -> None:
+        t0 = time.perf_counter()
+        self.display.update(phase="label" if it else "initial labels")
+        selection = self.layout.selection(it)
+        if it == 0 and not selection.exists():
+            steps.write_initial_selection(self.config, selection)
+        batch = steps.read_frames(selection)
+        stored = steps.stored_hashes(self.store)
+        futures: dict[Any, int] = {}
+        for k, atoms in enumerate(batch):
+            if steps.structure_key(atoms) in stored:
+                continue  # labelled and stored in an earlier run
+            result = self.layout.label(it, k)
+            if result.exists():  # labelled, but the driver died before storing it
+                self._store_label(result)
+                continue
+            fut = self.apps.label_task(
+                self.cfg, str(selection), k, it, str(result), str(self.layout.label_workdir(it, k))
+            )
+            futures[self.tracker.add("label", fut)] = k
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(
+                pending, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for fut in done:
+                k = futures[fut]
+                exc = fut.exception()
+                if exc is None:
+                    self._store_label(self.layout.label(it, k))
+                else:  # the task itself died (after parsl's retries): record it, never drop it
+                    steps.write_failed_label(
+                        self.cfg, selection, k, it, self.layout.label(it, k), f"task failed: {exc}"
+                    )
+                    self._store_label(self.layout.label(it, k))
+            self.display.refresh()
+        self._timed("label", t0)
+
+    def _store_label(self, result: Path) -> None:
+        ok = steps.append_label(self.store, result)
+        if ok:
+            self.summary.labels_stored += 1
+        else:
+            self.summary.labels_failed += 1
+        self.display.update(
+            labels_stored=self.summary.labels_stored, labels_failed=self.summary.labels_failed
+        )
+
+    def _report_phase(self, it: int) -> None:
+        t0 = time.perf_counter()
+        self.display.update(phase="report")
+        out = self.layout.report(it)
+        if not out.exists():
+            fut = self.tracker.add(
+                "report",
+                self.apps.report_task(
+                    self.cfg, str(self.layout.bundle(it)), str(self.layout.store), it, str(out)
+                ),
+            )
+            self._wait([fut], "report")
+        self.display.update(last_report=read_json(out))
+        self._timed("report", t0)
+
+
+def run_campaign(config: CampaignConfig, site: SiteConfig, *, live: bool = True) -> RunSummary:
+    """Validate, then run (or resume) the campaign on ``site``. Returns what happened."""
+    import parsl
+
+    from ubmd.campaign.validate import prepare_directory, validate_campaign
+    from ubmd.store import StructureStore
+
+    validate_campaign(config)  # every check that can fail before a task is submitted
+    layout = prepare_directory(config)
+    tracker = TaskTracker()
+    dfk = parsl.load(make_config(site, layout.run_dir))
+    try:
+        apps = Apps(site)
+        with (
+            StructureStore.open(layout.store, mode="a") as store,
+            Display(tracker, enabled=live) as display,
+        ):
+            return Driver(config, apps, store, display).run()
+    finally:
+        dfk.cleanup()
+        parsl.clear()
