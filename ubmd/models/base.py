@@ -260,8 +260,8 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as exc:  # torch raises many types for foreign/garbled files
         raise ValueError(
             f"{path} is not a ubmd model file (expected a file written by "
-            f"ubmd.models.save_model / `ubmd train`; torch.load said: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"ubmd.models.save_model / `ubmd train`; reading it with "
+            f"torch.load(weights_only=True) failed with {type(exc).__name__})"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_MARKER:
         raise ValueError(

@@ -187,6 +187,11 @@ def train_model(
     )
     shift, scale = mdata.fit_energy_stats(arrays, model.species)
     model.set_energy_stats(shift, scale)
+    with torch.no_grad():
+        # start from the fitted per-species reference energies (E_i = shift[Z_i]), so the
+        # first epochs fit forces rather than a random offset of ~0.1 eV per atom
+        model.readout[-1].weight.zero_()
+        model.readout[-1].bias.zero_()
 
     train_samples = mdata.make_samples(arrays, cutoff=model.cutoff, device=device, dtype=dtype)
     valid_samples = (

@@ -1,0 +1,61 @@
+"""`ubmd train` / `ubmd evaluate` end to end on a few xTB-labelled alanine dipeptide frames."""
+
+from __future__ import annotations
+
+from ase.io import read, write
+from model_helpers import ALA2
+from typer.testing import CliRunner
+
+from ubmd.cli import _register_all, app
+from ubmd.models import load_model
+
+runner = CliRunner()
+
+
+def text(result) -> str:
+    """Output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def test_train_then_evaluate(tmp_path):
+    _register_all()
+    frames = read(ALA2, index=":12")
+    write(tmp_path / "train.extxyz", frames[:8])
+    write(tmp_path / "test.extxyz", frames[8:])
+    (tmp_path / "train.yaml").write_text(
+        "model_options: {n_features: 8, n_basis: 6, readout_hidden: 4}\nbatch_size: 4\n"
+    )
+    out = tmp_path / "m.pt"
+    args = ["train", str(tmp_path / "train.extxyz"), "--out", str(out), "--epochs", "2"]
+    result = runner.invoke(
+        app, [*args, "--config", str(tmp_path / "train.yaml"), "--ensemble", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and "member 1" in result.output
+    model = load_model(out)
+    assert len(model.members) == 2 and model.members[0].hyperparameters()["n_features"] == 8
+
+    result = runner.invoke(app, ["evaluate", str(out), str(tmp_path / "test.extxyz")])
+    assert result.exit_code == 0, result.output
+    assert "energy per atom" in result.output and "forces" in result.output
+    assert "4 structures" in result.output
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    _register_all()
+    (tmp_path / "bad.yaml").write_text("learning_rate: 0.1\n")
+    frames = read(ALA2, index=":2")
+    write(tmp_path / "d.extxyz", frames)
+    result = runner.invoke(
+        app,
+        ["train", str(tmp_path / "d.extxyz"), "--out", str(tmp_path / "m.pt"),
+         "--config", str(tmp_path / "bad.yaml")],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "unknown training option" in text(result) and "learning_rate" in text(result)
+    result = runner.invoke(
+        app, ["evaluate", str(tmp_path / "d.extxyz"), str(tmp_path / "d.extxyz")]
+    )
+    assert result.exit_code == 2 and "is not a ubmd model file" in text(result)
+    result = runner.invoke(app, ["train", str(tmp_path / "nope.extxyz"), "--out", "x.pt"])
+    assert result.exit_code == 2 and "does not exist" in text(result)
