@@ -165,3 +165,23 @@ def test_reader_sees_consistent_prefix_while_writer_appends(tmp_path: Path) -> N
         proc.kill()
         proc.communicate()
     assert validate(path) == []
+
+
+def test_reader_repairs_file_of_writer_killed_before_swmr(tmp_path: Path) -> None:
+    """A writer killed between opening the file and switching SWMR on leaves a mark no SWMR
+    reader may pass; with no live writer (free lock) the reader clears it."""
+    path = tmp_path / "s.h5"
+    with StructureStore.create(path) as st:
+        st.append_arrays(batch_arrays(0))
+    code = (
+        "import h5py, os, signal, sys; f = h5py.File(sys.argv[1], 'r+', libver='latest'); "
+        "f.flush(); os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    assert consistency_flags(path) != 0
+    with pytest.raises(OSError, match="already open"):
+        h5py.File(path, "r", libver="latest", swmr=True)
+    assert _check_content(path, {0}, None) == [0]
+    assert consistency_flags(path) == 0
+    assert validate(path) == []

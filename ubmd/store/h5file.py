@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 
 from ubmd.store import superblock
+from ubmd.store.lock import no_live_writer
 from ubmd.store.schema import (
     ATOM_CHUNK,
     ATOM_DATASETS,
@@ -122,14 +123,24 @@ def check_signature(path: str) -> None:
 
 
 def open_reader_file(path: str) -> h5py.File:
+    """Open for SWMR reading.
+
+    A writer holds the file without SWMR for a moment while opening; if it was killed in
+    that moment, the file stays marked "open for write" and no SWMR reader may open it.
+    When the writer lock shows that no writer is alive, the reader clears that mark.
+    """
     for attempt in range(20):
         try:
             h5 = h5py.File(path, "r", libver="latest", swmr=True, **CACHE)
             break
         except OSError as exc:
-            # A writer repairing a crashed file holds it briefly without SWMR: retry.
             if "already open" not in str(exc) or attempt == 19:
                 raise StoreFormatError(f"cannot open {path!r} for reading: {exc}") from None
+            if attempt >= 2:
+                with no_live_writer(path) as free:
+                    if free:
+                        superblock.clear_consistency_flags(path)
+                        continue
             time.sleep(0.05)
     try:
         check_attrs(h5, path)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+from collections.abc import Iterator
 
 from ubmd.store.schema import StoreLockedError
 
@@ -57,3 +59,28 @@ class WriterLock:
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+
+@contextlib.contextmanager
+def no_live_writer(store_path: str | os.PathLike[str]) -> Iterator[bool]:
+    """Yield True (holding a shared lock that keeps writers out) if no writer is alive."""
+    try:
+        fd = os.open(lock_path(store_path), os.O_RDONLY)
+    except FileNotFoundError:
+        yield True  # no writer ever ran here (or the lock file was removed)
+        return
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
