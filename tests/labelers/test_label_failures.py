@@ -74,6 +74,19 @@ def test_time_limit_kills_the_whole_group(tmp_path, water_box):
     assert group_members(leader) == []
 
 
+def test_time_limit_kills_descendants_in_their_own_session(tmp_path, water_box):
+    # Like MPI ranks: a grandchild that left the process group (setsid) and ignores SIGTERM.
+    body = (
+        "setsid sh -c 'trap \"\" TERM; echo $$ > escaped.pid; exec sleep 60' &\n"
+        "while [ ! -s escaped.pid ]; do sleep 0.05; done\nsleep 60\n"
+    )
+    lab = fake_cp2k(tmp_path, body, timeout_s=1.0, kill_grace_s=0.5)
+    with pytest.raises(TimeLimitExceeded):
+        lab.label(water_box, workdir=tmp_path / "run")
+    escaped = int((tmp_path / "run" / "escaped.pid").read_text())
+    assert not _alive(escaped)
+
+
 def test_children_outliving_a_normal_exit_are_swept(tmp_path):
     script = make_script(tmp_path / "daemon.sh", "sleep 60 &\necho $! > child.pid\nexit 0\n")
     outcome = run_command([str(script)], cwd=tmp_path, timeout_s=10, grace_s=1.0)

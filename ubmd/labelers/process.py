@@ -62,12 +62,12 @@ def _signal_group(pgid: int, sig: signal.Signals) -> bool:
     return True
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a group, from /proc; [] where /proc is unavailable."""
-    members = []
+def _process_table() -> list[tuple[int, str, int, int]]:
+    """(pid, state, ppid, pgrp) of every process, from /proc; [] where /proc is unavailable."""
+    table = []
     proc = Path("/proc")
     if not proc.is_dir():
-        return members
+        return table
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -77,9 +77,37 @@ def group_members(pgid: int) -> list[int]:
             continue
         # Fields after the command name (which may contain spaces): state ppid pgrp ...
         fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
+        if len(fields) > 2:
+            table.append((int(entry.name), fields[0], int(fields[1]), int(fields[2])))
+    return table
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a group; [] where /proc is unavailable."""
+    return [pid for pid, state, _, pgrp in _process_table() if pgrp == pgid and state not in "ZX"]
+
+
+def descendants(root: int) -> list[int]:
+    """Live descendants of ``root`` (any group: MPI launchers start ranks in new sessions)."""
+    children: dict[int, list[int]] = {}
+    live = set()
+    for pid, state, ppid, _ in _process_table():
+        children.setdefault(ppid, []).append(pid)
+        if state not in "ZX":
+            live.add(pid)
+    out, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid in live:
+            out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _signal_pids(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -91,16 +119,36 @@ def _group_alive(pgid: int) -> bool:
     return not Path("/proc").is_dir() or bool(group_members(pgid))
 
 
-def kill_group(pgid: int, *, grace_s: float) -> None:
-    """SIGTERM the group, wait up to ``grace_s``, then SIGKILL what is left."""
-    if not _signal_group(pgid, signal.SIGTERM):
+def kill_group(pgid: int, *, grace_s: float, extra: list[int] | None = None) -> None:
+    """SIGTERM the group (and ``extra`` pids), wait up to ``grace_s``, then SIGKILL the rest.
+
+    ``extra`` are processes outside the group that must go too (descendants that started their
+    own session, e.g. MPI ranks); they are signalled after the group so that a launcher gets
+    the chance to shut its ranks down cleanly first.
+    """
+    extra = extra or []
+    if not _signal_group(pgid, signal.SIGTERM) and not extra:
         return
+    _signal_pids(extra, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        if not _group_alive(pgid):
+        if not _group_alive(pgid) and not any(_pid_alive(p) for p in extra):
             return
         time.sleep(0.02)
     _signal_group(pgid, signal.SIGKILL)
+    _signal_pids([p for p in extra if _pid_alive(p)], signal.SIGKILL)
+    # SIGKILL is asynchronous: give the kernel a moment so that callers see them gone.
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and any(_pid_alive(p) for p in extra):
+        time.sleep(0.01)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rfind(")") + 2 :][:1] not in ("Z", "X")
 
 
 def run_command(
@@ -143,11 +191,11 @@ def run_command(
             returncode: int | None = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             timed_out = True
-            kill_group(pgid, grace_s=grace_s)
+            kill_group(pgid, grace_s=grace_s, extra=descendants(pgid))
             proc.wait()
             returncode = None
         except BaseException:  # KeyboardInterrupt or similar: never leave the group behind
-            kill_group(pgid, grace_s=grace_s)
+            kill_group(pgid, grace_s=grace_s, extra=descendants(pgid))
             proc.wait()
             raise
         finally:
