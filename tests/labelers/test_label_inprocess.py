@@ -100,6 +100,31 @@ def test_xtb_periodic_stress(tmp_path):
     assert ref.stress[5] == pytest.approx(fd_stress(lab, atoms, 0, 1, tmp_path), abs=1e-5)
 
 
+def test_xtb_retry_variant_and_scf_failure(ala2, tmp_path):
+    from ubmd.labelers.errors import SCFNotConverged
+    from ubmd.labelers.retry import RetryPolicy, label_with_retries
+
+    lab = make_labeler("xtb", max_iterations=2)  # cannot converge in 2 SCC steps
+    with pytest.raises(SCFNotConverged, match="tblite"):
+        lab.label(ala2, workdir=tmp_path)
+    second = lab.retry_variant(2, SCFNotConverged("x"))
+    assert second.settings.max_iterations == 4 and second.settings.mixer_damping == 0.2
+    third = second.retry_variant(3, SCFNotConverged("x"))
+    assert third.settings.electronic_temperature_K == 1000.0
+    result = label_with_retries(lab, ala2, workdir=tmp_path, policy=RetryPolicy(max_attempts=2))
+    assert result.status == "failed" and result.reason.startswith("scf_not_converged")
+
+
+def test_labelers_and_results_pickle(ala2, tmp_path):
+    # Parsl ships labelers to workers and results back.
+    lab = make_labeler("cp2k", cutoff_Ry=250.0)
+    clone = pickle.loads(pickle.dumps(lab))
+    assert clone.settings == lab.settings and clone.settings_hash() == lab.settings_hash()
+    result = make_labeler("xtb").label(ala2, workdir=tmp_path)
+    back = pickle.loads(pickle.dumps(result))
+    assert back.energy == result.energy and back.to_atoms().get_forces().shape == (22, 3)
+
+
 def test_xtb_refuses_unknown_elements():
     with pytest.raises(LabelerSetupError, match=r"no parameters for \['Fr'\]"):
         make_labeler("xtb").check(Atoms("FrH", positions=[[0, 0, 0], [0, 0, 2.3]]))

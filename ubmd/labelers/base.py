@@ -109,6 +109,9 @@ class Labeler(ABC):
             )
         self.settings = settings
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings!r})"
+
     # --- identity --------------------------------------------------------------------
     def code_version(self) -> str:
         """Version of the reference code, where it can be found cheaply ("" otherwise)."""
@@ -197,6 +200,9 @@ class Labeler(ABC):
             raise OutputUnreadable(f"energy missing or not finite: {energy}", workdir=workdir)
         if not np.all(np.isfinite(forces)):
             raise AbsurdForces("non-finite force components", workdir=workdir)
+        stress = values.get("stress")
+        if stress is not None and not np.all(np.isfinite(np.asarray(stress, dtype=float))):
+            raise OutputUnreadable("non-finite stress components", workdir=workdir)
         fmax = float(np.linalg.norm(forces, axis=1).max()) if len(atoms) else 0.0
         if fmax > self.settings.max_force_eV_A:
             raise AbsurdForces(

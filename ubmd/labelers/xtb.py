@@ -51,6 +51,17 @@ class XTBLabeler(Labeler):
         except ImportError:
             return ""
 
+    def retry_variant(self, attempt: int, error: CalculationFailed) -> Labeler | None:
+        """More SCC iterations and stronger damping, then a higher electronic temperature."""
+        s = self.settings
+        changes: dict[str, Any] = {
+            "max_iterations": 2 * s.max_iterations,
+            "mixer_damping": s.mixer_damping / 2,
+        }
+        if attempt >= 3:
+            changes["electronic_temperature_K"] = max(s.electronic_temperature_K, 1000.0)
+        return self.with_settings(**changes)
+
     def check(self, atoms: Atoms) -> None:
         try:
             import tblite.interface  # noqa: F401
