@@ -182,19 +182,23 @@ def _fedorov(
     n = f.shape[0]
     dev = f.device
     minv = torch.cholesky_inverse(chol)
-    near = torch.stack([guard.near(i) for i in sel], dim=1)  # (N, B): duplicates of each pick
-    count = near.sum(dim=1)
+    # (N, B) duplicates of each pick, and how many picks each candidate duplicates (int16: the
+    # (N, B) comparisons below stay small).
+    near = torch.stack([guard.near(i) for i in sel], dim=1).to(torch.int16)
+    count = near.sum(dim=1, dtype=torch.int16)
     chosen = torch.zeros(n, dtype=torch.bool, device=dev)
     chosen[sel] = True
     swaps: list[Swap] = []
+    cols = torch.arange(len(sel), device=dev)
     while len(swaps) < limit:
         idx = torch.as_tensor(sel, device=dev)
-        cross = f @ (minv @ f[idx].T)  # (N, B): d_ji
-        d_out = cross[idx, torch.arange(len(sel), device=dev)]
-        ratio = (1.0 + d[:, None]) * (1.0 - d_out[None, :]) + cross.square()
+        ratio = f @ (minv @ f[idx].T)  # (N, B): d_ji, turned in place into the det ratio
+        d_out = ratio[idx, cols].clone()
+        ratio.square_().addr_(1.0 + d, 1.0 - d_out)  # (1 + d_j)(1 − d_i) + d_ji²
         # j may replace i if j is new and no remaining pick (other than i) duplicates it.
-        ok = ((count[:, None] - near.to(count.dtype)) == 0) & ~chosen[:, None]
-        ratio = torch.where(ok, ratio, -torch.inf)
+        ok = (count[:, None] == near) & ~chosen[:, None]
+        ratio.masked_fill_(~ok, -torch.inf)
+        del ok
         best = int(torch.argmax(ratio))
         j, col = divmod(best, len(sel))
         if not float(ratio[j, col]) > 1.0 + rtol:
@@ -211,8 +215,8 @@ def _fedorov(
         sel[col] = j
         chosen[i], chosen[j] = False, True
         new_near = guard.near(j)
-        count += new_near.to(count.dtype) - near[:, col].to(count.dtype)
-        near[:, col] = new_near
+        count += new_near.to(count.dtype) - near[:, col]
+        near[:, col] = new_near.to(near.dtype)
         swaps.append(Swap(out_index=i, in_index=j, logdet=logdet))
         if len(swaps) % 16 == 0:
             d = _quad(f, minv)  # refresh against drift of the rank-2 updates
