@@ -135,3 +135,12 @@ def test_sketched_features_with_frozen_parameters(train_frames):
     b = predict(frozen, graph, fit_uncertainty(frozen, train_frames, cfg), forces=False)
     torch.testing.assert_close(a[keys.ATOMIC_FEATURES], b[keys.ATOMIC_FEATURES])
     torch.testing.assert_close(a[keys.UNCERTAINTY], b[keys.UNCERTAINTY])
+
+
+def test_float32_model_on_float64_graph(train_frames):
+    model = ToyPotential(dtype=torch.float32)
+    est = fit_uncertainty(model, train_frames, UncertaintyConfig())
+    graph = Graph.from_atoms(train_frames[0], cutoff=4.0, dtype="float64")
+    res = predict(model, graph, est, uncertainty_gradients=True)
+    assert res[keys.FORCES].dtype == torch.float32
+    assert res[keys.UNCERTAINTY].dtype == torch.float32 and float(res[keys.UNCERTAINTY][0]) > 0

@@ -102,7 +102,8 @@ def predict(
     models = _as_models(model_or_ensemble)
     if uncertainty_gradients and estimator is None:
         raise ValueError("uncertainty_gradients needs an estimator")
-    graph = graph.detach()
+    dtype = getattr(models[0], "dtype", graph.dtype)
+    graph = (graph.to(dtype=dtype) if graph.dtype != dtype else graph).detach()
     wrt = []
     if forces or uncertainty_gradients:
         graph.positions.requires_grad_(True)
