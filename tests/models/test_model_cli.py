@@ -59,3 +59,34 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.exit_code == 2 and "is not a ubmd model file" in text(result)
     result = runner.invoke(app, ["train", str(tmp_path / "nope.extxyz"), "--out", "x.pt"])
     assert result.exit_code == 2 and "does not exist" in text(result)
+
+
+def test_evaluate_prints_calibrated_coverage(tmp_path):
+    from ubmd.models import TrainConfig, train_model
+    from ubmd.uncertainty import UncertaintyConfig, fit_uncertainty
+    from ubmd.uncertainty.bundle import calibrate_model, save_bundle
+
+    _register_all()
+    frames = read(ALA2, index=":60")
+    config = TrainConfig(
+        model_options={"n_features": 8, "n_basis": 6, "readout_hidden": 4}, max_epochs=1,
+        device="cpu",
+    )  # fmt: skip
+    model, _ = train_model(config, frames[:10])
+    estimator = fit_uncertainty(model, frames[:10], UncertaintyConfig())
+    calibration = calibrate_model(model, estimator, frames[10:30], alpha=0.1)
+    save_bundle(tmp_path / "b.pt", model, estimator, calibration)
+    write(tmp_path / "fresh.extxyz", frames[30:60])
+    result = runner.invoke(
+        app, ["evaluate", str(tmp_path / "b.pt"), str(tmp_path / "fresh.extxyz"), "--calibration"]
+    )
+    assert result.exit_code == 0, result.output
+    out = text(result)
+    assert "target coverage 1-α = 0.900" in out and "atom-based" in out and "total" in out
+    # a model file without calibration: a clear error
+    from ubmd.models import save_model
+
+    save_model(tmp_path / "plain.pt", model)
+    args = ["evaluate", str(tmp_path / "plain.pt"), str(tmp_path / "fresh.extxyz"), "--calibration"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "holds no uncertainty estimator/calibration" in text(result)

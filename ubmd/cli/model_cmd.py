@@ -131,14 +131,32 @@ def evaluate(
             table.add_row(f"stress ({m['n_stress']} structures)", f"{m['stress_mae'] * 1000:.3f}", f"{m['stress_rmse'] * 1000:.3f}", "meV/Å³")  # fmt: skip
         Console().print(table)
         if calibration:
-            _print_coverage(model_path, net, m)
+            _print_coverage(model_path, [str(p) for p in data], batch_size=batch_size, device=device or "cpu")  # fmt: skip
 
 
-def _print_coverage(model_path: Path, net, metrics: dict) -> None:
-    raise ValueError(
-        "--calibration needs the uncertainty calibration (ubmd.uncertainty), "
-        "which is not available in this version"
-    )
+def _print_coverage(model_path: Path, data: list[str], *, batch_size: int, device: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ubmd.uncertainty.bundle import coverage, load_bundle
+
+    net, estimator, calibration = load_bundle(model_path, device=device)
+    if estimator is None or calibration is None:
+        raise ValueError(
+            f"{model_path} holds no uncertainty estimator/calibration; write one with "
+            "ubmd.uncertainty.save_bundle (the campaign does this after calibrating)"
+        )
+    cov = coverage(net, estimator, calibration, data, batch_size=batch_size, device=device)
+    table = Table(title=f"calibrated uncertainty, target coverage 1-α = {1 - cov['alpha']:.3f}")
+    for col in ("uncertainty", "residual", "coverage", "samples"):
+        table.add_column(col, justify="right" if col in ("coverage", "samples") else "left")
+    if "coverage_total" in cov:
+        table.add_row(
+            "total", "|ΔE|/N", f"{cov['coverage_total']:.3f}", f"{int(cov['n_structures'])}"
+        )
+    if "coverage_atom" in cov:
+        table.add_row("atom-based", "force RMSE per atom", f"{cov['coverage_atom']:.3f}", f"{int(cov['n_atoms'])}")  # fmt: skip
+    Console().print(table)
 
 
 def register(app: typer.Typer) -> None:
