@@ -75,7 +75,12 @@ class CP2KSettings(LabelerSettings):
 def _cp2k_version(executable: str) -> str:
     try:
         out = subprocess.run(
-            [executable, "--version"], capture_output=True, text=True, timeout=30, check=False
+            [executable, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+            stdin=subprocess.DEVNULL,
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
@@ -105,8 +110,12 @@ class CP2KLabeler(Labeler):
         return shlex.split(self.settings.command)[0]
 
     def code_version(self) -> str:
+        # Only ask real CP2K binaries (cp2k.psmp, cp2k.ssmp, ...): a wrapper script given as
+        # the command must not be run outside its work directory.
         exe = shutil.which(self._executable())
-        return _cp2k_version(exe) if exe else ""
+        if exe is None or not Path(exe).name.startswith("cp2k"):
+            return ""
+        return _cp2k_version(exe)
 
     def _kinds(self, atoms: Atoms) -> dict[str, tuple[str, str, int]]:
         """element -> (basis, potential, valence); raises LabelerSetupError if missing."""
