@@ -25,6 +25,9 @@ class UBMDModel:
 
     ``create_graph``: keep member-force graphs of ensembles differentiable (needed only
     when biasing on the atom-based ensemble uncertainty, which is built from forces).
+    ``member_forces``: for ensembles, take every member's forces (needed for the
+    atom-based ensemble uncertainty); False gives only the total uncertainty, but lets a
+    biased step cost one backward pass through all members (see :mod:`ubmd.md.bias`).
     """
 
     differentiable = True
@@ -36,11 +39,13 @@ class UBMDModel:
         calibration=None,
         *,
         create_graph: bool = False,
+        member_forces: bool = True,
     ) -> None:
         self.model = model.eval()
         self.estimator = estimator
         self.calibration = calibration
         self.create_graph = create_graph
+        self.member_forces = member_forces
         self.has_calibration = calibration is not None and estimator is not None
         self.cutoff = float(model.cutoff)
         self.species = set(int(z) for z in model.species)
@@ -92,7 +97,7 @@ class UBMDModel:
         from ubmd.uncertainty.inference import evaluate
 
         graph = dataclasses.replace(self._graph(state), positions=positions, strain=strain)
-        wrt = [t for t in (positions, strain) if t.requires_grad]
+        wrt = [t for t in (positions, strain) if t.requires_grad] if self.member_forces else []
         res, grads_e = evaluate(
             self.model, graph, self.estimator, wrt=wrt, create_graph=self.create_graph
         )

@@ -185,7 +185,8 @@ def run_explorer(
     bias = config.bias()
     if bias is not None and not getattr(model, "differentiable", False):
         raise ValueError(
-            f"sampler {config.sampler!r} needs a differentiable model with uncertainty"
+            f"sampler {config.sampler!r} needs a differentiable model with an uncertainty "
+            "(a ubmd model file with its estimator); use sampler 'md' with ASE force fields"
         )
     t_sched = as_schedule(config.temperature_K, name="temperature_K", positive=True)
     p_sched = as_schedule(config.pressure_GPa, name="pressure_GPa")

@@ -1,0 +1,145 @@
+"""Explorer benchmark on alanine dipeptide with the built-in PaiNN potential, CPU.
+
+(a) 32 replicas batched in one state vs the same 32 run one after another through ASE's
+    Langevin with ubmd.calculator.UBMDCalculator: atom-steps per second and the ratio.
+(b) biased vs unbiased step cost, last-layer posterior uncertainty (uniform species
+    weights: single-pass steps between window samples; and w_H = 0: two passes).
+(c) the same with a 4-member ensemble (total ensemble uncertainty).
+
+Run: OMP_NUM_THREADS=1 python tests/benchmarks/explore_bench.py [--threads 1] [--steps 40]
+Untrained models (timing only); weights do not change the cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import units
+from ase.io import read
+from ase.md.langevin import Langevin
+
+from ubmd.calculator import UBMDCalculator
+from ubmd.md.adapter import UBMDModel
+from ubmd.md.bias import BiasConfig
+from ubmd.md.integrators import initialize, langevin_step
+from ubmd.md.state import make_state
+from ubmd.models import build_model
+from ubmd.models.ensemble import Ensemble
+from ubmd.uncertainty import UncertaintyConfig, fit_uncertainty
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "ala2" / "ala2_xtb_300K.extxyz"
+SPECIES = [1, 6, 7, 8]
+
+
+def batched_runner(md_model, frames, n_rep, bias=None):
+    """A function running k steps of n_rep replicas in one batch (after a warm-up)."""
+    state = make_state([frames[k % len(frames)] for k in range(n_rep)], temperature_K=300,
+                       seed=1, window=bias.window_samples if bias else 1)  # fmt: skip
+    initialize(state, md_model, bias=bias)
+
+    def run(k: int) -> None:
+        for _ in range(k):
+            langevin_step(state, md_model, timestep_fs=0.5, temperature_K=300, bias=bias)
+
+    run(3)  # warm-up (and fills a short bias window)
+    if bias is not None:
+        assert float(state.win_g2.sum()) > 0
+    return run
+
+
+def min_times(runners: dict, steps: int, rounds: int) -> dict:
+    """Seconds per step of each runner: minimum over interleaved rounds (the machine may be
+    shared, so interleaving and the minimum keep the ratios fair)."""
+    best = dict.fromkeys(runners, float("inf"))
+    for _ in range(rounds):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run(steps)
+            best[name] = min(best[name], (time.perf_counter() - t0) / steps)
+    return best
+
+
+def ase_rate(calc, frames, n_rep, steps):
+    t0 = time.perf_counter()
+    for k in range(n_rep):
+        atoms = frames[k % len(frames)].copy()
+        atoms.calc = calc
+        dyn = Langevin(atoms, timestep=0.5 * units.fs, temperature_K=300, friction=0.01 / units.fs,
+                       rng=np.random.default_rng(k))  # fmt: skip
+        dyn.run(steps)
+    dt = (time.perf_counter() - t0) / (n_rep * steps)
+    return len(frames[0]) / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--ase-steps", type=int, default=10)
+    ap.add_argument("--replicas", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--features", type=int, default=None, help="PaiNN width (default: built-in)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    frames = read(DATA, ":")
+    train = frames[:64]
+    starts = frames[100:132]
+    opts = {} if args.features is None else {"n_features": args.features}
+    model = build_model("painn", SPECIES, options=opts)
+    est = fit_uncertainty(model, train, UncertaintyConfig(method="posterior"))
+    md_model = UBMDModel(model, est)
+    R = args.replicas
+    print(f"alanine dipeptide, 22 atoms, PaiNN {opts or '(default size)'}, {R} replicas, "
+          f"torch threads={args.threads}")  # fmt: skip
+
+    n_at = len(starts[0])
+    # (a) batched vs one-by-one through ASE
+    t_a = min_times({"batched": batched_runner(UBMDModel(model), starts, R)}, args.steps,
+                    args.rounds)["batched"]  # fmt: skip
+    rate_b = R * n_at / t_a
+    rate_a = max(ase_rate(UBMDCalculator(model), starts, R, args.ase_steps) for _ in range(2))
+    ratio_a = rate_b / rate_a
+    print(f"(a) batched: {rate_b:9.0f} atom-steps/s ({t_a * 1e3:.1f} ms/step for {R} replicas)")
+    print(f"    ASE Langevin + UBMDCalculator, one by one: {rate_a:9.0f} atom-steps/s")
+    print(f"    ratio: {ratio_a:.1f}x (target >= 10x)")
+
+    # (b) biased vs unbiased, last-layer posterior
+    bias = BiasConfig(window=2, norm_every=10)
+    bias_h0 = BiasConfig(window=2, norm_every=10, species_weights={1: 0.0})
+    tb = min_times({
+        "unbiased": batched_runner(md_model, starts, R),
+        "biased": batched_runner(md_model, starts, R, bias),
+        "biased_wH0": batched_runner(md_model, starts, R, bias_h0),
+    }, args.steps, args.rounds)  # fmt: skip
+    ratio_b, ratio_b0 = tb["biased"] / tb["unbiased"], tb["biased_wH0"] / tb["unbiased"]
+    print(f"(b) posterior: unbiased {tb['unbiased'] * 1e3:.1f} ms/step, biased "
+          f"{tb['biased'] * 1e3:.1f} ms/step -> {ratio_b:.2f}x (target <= 1.3x); with w_H=0 "
+          f"(two passes every step) {tb['biased_wH0'] * 1e3:.1f} ms -> {ratio_b0:.2f}x")  # fmt: skip
+
+    # (c) 4-member ensemble
+    ens = Ensemble([build_model("painn", SPECIES, options=opts) for _ in range(4)])
+    est_e = fit_uncertainty(ens, train, UncertaintyConfig(method="ensemble"))
+    ens_total = UBMDModel(ens, est_e, member_forces=False)
+    ens_atom = UBMDModel(ens, est_e, member_forces=True)
+    tc = min_times({
+        "unbiased": batched_runner(ens_total, starts, R),
+        "biased": batched_runner(ens_total, starts, R, bias),
+        "unbiased_mf": batched_runner(ens_atom, starts, R),
+        "biased_mf": batched_runner(ens_atom, starts, R, bias),
+    }, args.steps, args.rounds)  # fmt: skip
+    ratio_c, ratio_c2 = tc["biased"] / tc["unbiased"], tc["biased_mf"] / tc["unbiased_mf"]
+    print(f"(c) 4-member ensemble, total u: unbiased {tc['unbiased'] * 1e3:.1f} ms, biased "
+          f"{tc['biased'] * 1e3:.1f} ms -> {ratio_c:.2f}x; with member forces (atom-based u): "
+          f"unbiased {tc['unbiased_mf'] * 1e3:.1f} ms, biased {tc['biased_mf'] * 1e3:.1f} ms "
+          f"-> {ratio_c2:.2f}x")  # fmt: skip
+    print(f"SUMMARY batched/ASE={ratio_a:.1f}x biased/unbiased posterior={ratio_b:.2f}x "
+          f"(w_H=0 {ratio_b0:.2f}x) ensemble={ratio_c:.2f}x (member forces {ratio_c2:.2f}x)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
