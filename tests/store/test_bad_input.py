@@ -91,6 +91,7 @@ BAD_ARRAYS = [
     ("NaN positions", _arrays(positions=np.full((A, 3), np.nan)), "positions contains NaN"),
     ("unknown status", _arrays(status=np.array(["done"] * S)), "unknown status 'done'"),
     ("float iteration", _arrays(iteration=np.full(S, 1.5)), "integers"),
+    ("iteration overflow", _arrays(iteration=np.full(S, 2**31)), "outside the stored int32"),
 ]
 
 

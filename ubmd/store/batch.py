@@ -231,6 +231,12 @@ def _normalise_columns(columns: dict[str, np.ndarray], S: int) -> dict[str, np.n
             col = np.asarray(col)
             if col.dtype.kind not in "iu":
                 raise ValueError(f"provenance column {name!r} must hold integers, got {col.dtype}")
+            info = np.iinfo(INT_COLUMNS[name])
+            if col.size and (col.min() < info.min or col.max() > info.max):
+                raise ValueError(
+                    f"provenance column {name!r} has values {col.min()}..{col.max()} outside "
+                    f"the stored {INT_COLUMNS[name]} range {info.min}..{info.max}"
+                )
             out[name] = col.astype(np.int64)
         elif name in FLOAT_COLUMNS:
             out[name] = np.asarray(col, dtype=np.float64)
