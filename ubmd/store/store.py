@@ -91,7 +91,7 @@ class StructureStore:
             raise FileNotFoundError(f"store {path!r} does not exist")
         h5file.check_signature(path)
         if mode == "r":
-            return cls(path, h5file.open_reader_file(path), None)
+            return cls._wrap(path, h5file.open_reader_file(path), None)
         if not (os.stat(path).st_mode & 0o222) or not os.access(path, os.W_OK):
             raise PermissionError(
                 f"store {path!r} is read-only; make it writable (chmod u+w) to append, "
@@ -106,7 +106,15 @@ class StructureStore:
 
     @classmethod
     def _open_writer(cls, path: str, lock: WriterLock) -> StructureStore:
-        return cls(path, h5file.open_writer_file(path), lock)
+        return cls._wrap(path, h5file.open_writer_file(path), lock)
+
+    @classmethod
+    def _wrap(cls, path: str, h5: h5py.File, lock: WriterLock | None) -> StructureStore:
+        try:
+            return cls(path, h5, lock)
+        except BaseException:
+            h5.close()
+            raise
 
     # ---------------------------------------------------------------- basics
     @property
