@@ -57,19 +57,22 @@ class BesselBasis(nn.Module):
 
 
 class Message(nn.Module):
-    def __init__(self, n_features: int, n_basis: int) -> None:
+    """Continuous-filter message; the radial filters ``W`` are computed once for all layers."""
+
+    def __init__(self, n_features: int) -> None:
         super().__init__()
         self.n = n_features
         self.phi = nn.Sequential(
             nn.Linear(n_features, n_features), nn.SiLU(), nn.Linear(n_features, 3 * n_features)
         )
-        self.filter = nn.Linear(n_basis, 3 * n_features)
 
-    def forward(self, s, v, edge_index, rbf, unit):
+    def forward(self, s, v, edge_index, filters, unit, first: bool):
         i, j = edge_index
-        x = self.phi(s)[j] * self.filter(rbf)
+        x = self.phi(s)[j] * filters
         ds, dvv, dvs = torch.split(x, self.n, dim=-1)
-        dv = v[j] * dvv.unsqueeze(1) + dvs.unsqueeze(1) * unit.unsqueeze(-1)
+        dv = dvs.unsqueeze(1) * unit.unsqueeze(-1)
+        if not first:  # vectors are zero before the first message: skip that term
+            dv = dv + v[j] * dvv.unsqueeze(1)
         s = s.index_add(0, i, ds)
         v = v.index_add(0, i, dv)
         return s, v
@@ -126,7 +129,9 @@ class PaiNN(Potential):
         }
         self.embedding = nn.Embedding(len(self.species), n_features)
         self.rbf = BesselBasis(cutoff, n_basis)
-        self.messages = nn.ModuleList(Message(n_features, n_basis) for _ in range(n_interactions))
+        # one Linear gives every layer's radial filters (fewer small ops per call)
+        self.filters = nn.Linear(n_basis, 3 * n_features * n_interactions)
+        self.messages = nn.ModuleList(Message(n_features) for _ in range(n_interactions))
         self.updates = nn.ModuleList(Update(n_features) for _ in range(n_interactions))
         self.readout = nn.Sequential(
             nn.Linear(n_features, readout_hidden), nn.SiLU(), nn.Linear(readout_hidden, 1)
@@ -139,12 +144,12 @@ class PaiNN(Potential):
         z = self.species_index(graph.numbers)
         vec = graph.edge_vectors()
         r = torch.linalg.vector_norm(vec, dim=-1)
-        rbf = self.rbf(r)
+        filters = torch.chunk(self.filters(self.rbf(r)), len(self.messages), dim=-1)
         unit = vec / r.unsqueeze(-1)
         s = self.embedding(z)
         v = torch.zeros(s.shape[0], 3, s.shape[1], dtype=s.dtype, device=s.device)
-        for message, update in zip(self.messages, self.updates, strict=True):
-            s, v = message(s, v, graph.edge_index, rbf, unit)
+        for k, (message, update) in enumerate(zip(self.messages, self.updates, strict=True)):
+            s, v = message(s, v, graph.edge_index, filters[k], unit, first=k == 0)
             s, v = update(s, v)
         hidden = self.readout[:-1](s)
         raw = self.readout[-1](hidden).squeeze(-1)
