@@ -31,8 +31,19 @@ def cp2k() -> CP2KLabeler:
     return make_labeler("cp2k", **FAST)
 
 
-def test_forces_and_stress_match_finite_differences(cp2k, water_box, tmp_path):
-    ref = cp2k.label(water_box, workdir=tmp_path / "ref")
+@pytest.fixture(scope="module")
+def water_ref(cp2k, tmp_path_factory):
+    """The water box (same as the ``water_box`` fixture) and its CP2K label, computed once."""
+    atoms = molecule("H2O")
+    atoms.cell = [4.5, 4.5, 4.5]
+    atoms.pbc = True
+    atoms.center()
+    atoms.rattle(0.05, seed=1)
+    return atoms, cp2k.label(atoms, workdir=tmp_path_factory.mktemp("water_ref"))
+
+
+def test_forces_and_stress_match_finite_differences(cp2k, water_ref, tmp_path):
+    water_box, ref = water_ref
     assert ref.ok and ref.stress is not None and ref.stress.shape == (6,)
     assert ref.free_energy == pytest.approx(ref.energy)
     assert np.abs(ref.forces).max() > 1.0  # a distorted molecule: the check is not trivial
@@ -149,3 +160,21 @@ def test_element_without_basis_or_potential(tmp_path):
     with pytest.raises(LabelerSetupError, match="pbc"):
         CP2KLabeler().check(water)
     assert _nothing_ran(tmp_path)
+
+
+def test_real_scf_failure_is_detected_and_retried(cp2k, water_ref, tmp_path):
+    from ubmd.labelers.retry import RetryPolicy, label_with_retries
+
+    # 3 OT steps cannot converge; the ladder: 6 steps, then diagonalization, then smearing.
+    water_box, ref = water_ref
+    starved = cp2k.with_settings(max_scf=3, outer_max_scf=1)
+    policy = RetryPolicy(max_attempts=4)
+    result = label_with_retries(starved, water_box, workdir=tmp_path / "r", policy=policy)
+    assert result.ok and result.attempts == 4
+    assert [h["reason"] for h in result.extra["history"]] == ["scf_not_converged"] * 3
+    out1 = (tmp_path / "r" / "attempt_1" / "cp2k.out").read_text()
+    assert "SCF run NOT converged" in out1  # CP2K 2023 still prints the same warning
+    assert result.settings["scf_solver"] == "diag" and result.settings["smearing_K"] > 0
+    # An insulator: 300 K smearing leaves the label unchanged (same physics, other solver).
+    assert result.energy == pytest.approx(ref.energy, abs=1e-5)
+    np.testing.assert_allclose(result.forces, ref.forces, atol=1e-3)
