@@ -112,23 +112,19 @@ def main() -> None:
             )
 
     small, large = min(args.sizes), max(args.sizes)
-    worst = max((v[0] for (n, *_), v in rows.items() if n == small), default=float("nan"))
-    ratios = [
-        rows[(large, m, k)][2] / max(rows[(small, m, k)][2], 1e-9)
-        for m, k in CASES
-        if (large, m, k) in rows and (small, m, k) in rows
-    ]
-    peak_ratios = [
-        rows[(large, m, k)][1] / rows[(small, m, k)][1]
-        for m, k in CASES
-        if (large, m, k) in rows and (small, m, k) in rows
-    ]
+    at_small = {(m, k): v for (n, m, k), v in rows.items() if n == small}
+    worst = max((v[0] for (m, _), v in at_small.items() if m in METHODS), default=float("nan"))
+    design_s = at_small.get(("d_optimal", "linear"), (float("nan"),))[0]
+    pairs = [(m, k) for m, k in CASES if (large, m, k) in rows and (small, m, k) in rows]
+    own = [rows[(large, m, k)][2] / max(rows[(small, m, k)][2], 1e-9) for m, k in pairs]
+    peak = [rows[(large, m, k)][1] / rows[(small, m, k)][1] for m, k in pairs]
+    nan = float("nan")
     print(
-        f"SUMMARY: slowest at N={small}: {worst:.2f} s (target <= 5 s); "
-        f"own-memory ratio N={large}/{small}: {min(ratios, default=float('nan')):.1f}-"
-        f"{max(ratios, default=float('nan')):.1f} (linear = {large / small:.0f}, N×N = "
-        f"{(large / small) ** 2:.0f}); peak-RSS ratio {min(peak_ratios, default=float('nan')):.1f}-"
-        f"{max(peak_ratios, default=float('nan')):.1f}"
+        f"SUMMARY: slowest selection method at N={small}: {worst:.2f} s (target <= 5 s), "
+        f"d_optimal {design_s:.2f} s; memory ratio N={large}/{small}: own "
+        f"{min(own, default=nan):.1f}-{max(own, default=nan):.1f}, peak RSS "
+        f"{min(peak, default=nan):.1f}-{max(peak, default=nan):.1f} "
+        f"(linear = {large / small:.0f}, N×N = {(large / small) ** 2:.0f})"
     )
 
 
