@@ -130,3 +130,14 @@ def test_all_zero_features_are_rejected():
     with pytest.warns(UserWarning, match="only 1 distinct"):
         res = select_batch(np.zeros((5, 3)), 2, method="max_det", train_features=np.eye(3))
     assert len(res) == 1  # all five candidates are duplicates of each other
+
+
+@pytest.mark.parametrize("method", ["max_det", "max_dist", "lcmd", "kmeans_pp", "max_unc"])
+def test_picks_do_not_depend_on_overall_feature_units(method):
+    # s = 1/sqrt(mean_train ||φ||²) makes the kernel (and σ) unit-free.
+    pool, train, _ = _pool(6, n=40, k=8)
+    a = select_batch(pool, 6, method=method, train_features=train, kernel="posterior")
+    b = select_batch(
+        250.0 * pool, 6, method=method, train_features=250.0 * train, kernel="posterior"
+    )
+    assert a.indices.tolist() == b.indices.tolist()
