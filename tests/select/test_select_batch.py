@@ -141,3 +141,15 @@ def test_picks_do_not_depend_on_overall_feature_units(method):
         250.0 * pool, 6, method=method, train_features=250.0 * train, kernel="posterior"
     )
     assert a.indices.tolist() == b.indices.tolist()
+
+
+def test_device_argument_is_checked():
+    pool, _, _ = _pool(n=10)
+    with pytest.raises(ValueError, match="invalid device"):
+        select_batch(pool, 2, device="abacus")
+    if torch.cuda.is_available():
+        res = select_batch(torch.as_tensor(pool, device="cuda"), 3, method="lcmd")
+        assert res.indices.tolist() == select_batch(pool, 3, method="lcmd").indices.tolist()
+    else:
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            select_batch(pool, 2, device="cuda")

@@ -24,7 +24,13 @@ CHUNK_ROWS = 4096
 def resolve_device(device: Any, *arrays: Any) -> torch.device:
     """``device`` if given, else the device of the first torch tensor among ``arrays``, else CPU."""
     if device is not None:
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"invalid device {device!r}: {exc}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
+        return dev
     for a in arrays:
         if isinstance(a, torch.Tensor):
             return a.device
