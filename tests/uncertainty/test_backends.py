@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk, molecule
-from conftest import jiggle
+from unc_toy import jiggle
 
 from ubmd import keys
 from ubmd.models.graph import Graph

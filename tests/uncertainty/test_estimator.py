@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 from ase.build import molecule
-from conftest import jiggle
-from unc_toy import ToyPotential
+from unc_toy import ToyPotential, jiggle
 
 from ubmd import keys
 from ubmd.models.graph import Graph

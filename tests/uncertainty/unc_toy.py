@@ -9,7 +9,9 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import torch
+from ase import Atoms
 from torch import nn
 
 from ubmd import keys
@@ -76,3 +78,13 @@ class ToyPotential(nn.Module):
             keys.LATENT: latent,
             "last_layer_input": h,
         }
+
+
+def jiggle(atoms: Atoms, n: int, amp: float, seed: int) -> list[Atoms]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = atoms.copy()
+        a.positions += rng.normal(0.0, amp, a.positions.shape)
+        out.append(a)
+    return out
