@@ -1,0 +1,55 @@
+"""Explorers: batched, uncertainty-biased molecular dynamics and related samplers.
+
+Layout (functions over a batched state, torch-sim style):
+
+* :mod:`ubmd.md.state` — :class:`MDState`, R replicas (different systems allowed) as flat
+  tensors, one random generator and one bias window per replica.
+* :mod:`ubmd.md.integrators` — ``nve_step`` (velocity Verlet), ``langevin_step`` (BAOAB),
+  ``npt_step`` (BAOAB + stochastic cell rescaling, anisotropic or isotropic).
+* :mod:`ubmd.md.bias` — forces, stress and the adaptive uncertainty bias.
+* :mod:`ubmd.md.stop` — per-replica stop rules.
+* :mod:`ubmd.md.writer` — candidate HDF5 files (``read_candidates``, ``candidates_to_atoms``).
+* :mod:`ubmd.md.explore` — ``ExploreConfig`` and ``run_explorer``.
+* :mod:`ubmd.md.samplers` — uncertainty-as-CV metadynamics and adversarial attacks.
+* :mod:`ubmd.md.adapter` — ``UBMDModel``: a ubmd potential + estimator + calibration.
+* :mod:`ubmd.md.forcefield` — the model protocol and ``ASEForceField`` (EMT etc.).
+
+Imports are lazy so ``import ubmd.md`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "MDState": "ubmd.md.state",
+    "make_state": "ubmd.md.state",
+    "nve_step": "ubmd.md.integrators",
+    "langevin_step": "ubmd.md.integrators",
+    "npt_step": "ubmd.md.integrators",
+    "initialize": "ubmd.md.integrators",
+    "BarostatConfig": "ubmd.md.integrators",
+    "BiasConfig": "ubmd.md.bias",
+    "StopRules": "ubmd.md.stop",
+    "ExploreConfig": "ubmd.md.explore",
+    "run_explorer": "ubmd.md.explore",
+    "CandidateWriter": "ubmd.md.writer",
+    "read_candidates": "ubmd.md.writer",
+    "candidates_to_atoms": "ubmd.md.writer",
+    "UncertaintyCVConfig": "ubmd.md.samplers",
+    "AdversarialConfig": "ubmd.md.samplers",
+    "run_adversarial": "ubmd.md.samplers",
+    "UBMDModel": "ubmd.md.adapter",
+    "ASEForceField": "ubmd.md.forcefield",
+    "Constant": "ubmd.md.schedule",
+    "LinearRamp": "ubmd.md.schedule",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ubmd.md' has no attribute {name!r}")

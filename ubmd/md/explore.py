@@ -79,8 +79,6 @@ class ExploreConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype {self.dtype!r} not one of {list(_DTYPES)}")
-        if self.ensemble == "nve" and self.tau_stress_rel > 0 and self.sampler == "biased_md":
-            pass  # stress bias only acts through a barostat; harmless under NVE/NVT
 
     def bias(self):
         if self.sampler == "md":
@@ -154,7 +152,7 @@ def frames_from(
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _check_structures(structures: Sequence[Atoms], ensemble: str) -> None:
+def _check_structures(structures: Sequence[Atoms]) -> None:
     if len(structures) == 0:
         raise ValueError("no start structures given")
     for k, atoms in enumerate(structures):
@@ -177,7 +175,7 @@ def run_explorer(
     (unbiased samplers only). Summary: ``n_frames``, ``replicas`` (id -> dict with
     ``stop_reason``, ``steps``, ``start_index``), ``wall_time_s``, ``atom_steps_per_s``.
     """
-    _check_structures(start_structures, config.ensemble)
+    _check_structures(start_structures)
     n_slots = len(start_structures) if replicas is None else int(replicas)
     if n_slots < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
@@ -193,6 +191,11 @@ def run_explorer(
     npt = config.ensemble == "npt"
     stress = npt
     dtype, device = _DTYPES[config.dtype], torch.device(config.device)
+    limit = (
+        config.n_steps
+        if config.stop.max_steps is None
+        else min(config.n_steps, config.stop.max_steps)
+    )
     n_runs = max(n_slots, len(start_structures))
     window = bias.window_samples if isinstance(bias, BiasConfig) else 1
     queue = list(range(n_runs))  # replica id k starts from structure k % n_structures
@@ -212,7 +215,7 @@ def run_explorer(
             if npt:
                 check_periodic(st)
             ev = initialize(st, model, stress=stress, bias=bias)
-            reasons = check_stops(st, ev, config.stop, step_limit=config.n_steps)
+            reasons = check_stops(st, ev, config.stop, step_limit=limit)
             for r, k in enumerate(ids):
                 info[k] = {"start_index": k % len(start_structures), "stop_reason": reasons[r],
                            "steps": 0}  # fmt: skip
@@ -247,7 +250,7 @@ def run_explorer(
                                    bias=bias)  # fmt: skip
             done_steps += state.n_replicas
             atom_steps += int(state.n_atoms.sum())
-            reasons = check_stops(state, ev, config.stop, step_limit=config.n_steps)
+            reasons = check_stops(state, ev, config.stop, step_limit=limit)
             steps = state.step.tolist()
             rows = [r for r in range(state.n_replicas)
                     if reasons[r] or steps[r] % config.record_every == 0]  # fmt: skip

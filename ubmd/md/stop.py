@@ -114,6 +114,11 @@ def check_stops(
         fnorm = ev.model_forces.norm(dim=-1).nan_to_num(float("inf"))
         fmax = fmax.scatter_reduce(0, b, fnorm, "amax")
         mark(fmax > rules.max_force_eV_A, "force")
+    for key, limit in ((keys.CALIBRATED_ATOMIC_UNCERTAINTY, rules.max_atomic_uncertainty),
+                       (keys.CALIBRATED_UNCERTAINTY, rules.max_uncertainty)):  # fmt: skip
+        if limit is not None and key not in ev.outputs:
+            raise ValueError(f"a stop threshold on {key!r} needs the model to return it "
+                             f"(its calibration lacks that part?); it returned {sorted(ev.outputs)}")  # fmt: skip
     if rules.max_atomic_uncertainty is not None:
         ua = ev.outputs[keys.CALIBRATED_ATOMIC_UNCERTAINTY]
         umax = torch.zeros(R, dtype=ua.dtype, device=ua.device).scatter_reduce(0, b, ua, "amax")
