@@ -143,3 +143,13 @@ def test_float32_model_on_float64_graph(train_frames):
     res = predict(model, graph, est, uncertainty_gradients=True)
     assert res[keys.FORCES].dtype == torch.float32
     assert res[keys.UNCERTAINTY].dtype == torch.float32 and float(res[keys.UNCERTAINTY][0]) > 0
+
+
+@pytest.mark.parametrize("features", ["last_layer", "sketched_gradient"])
+def test_estimator_from_another_model_is_rejected(train_frames, features):
+    cfg = UncertaintyConfig(features=features, sketch_dim=8)
+    est = fit_uncertainty(ToyPotential(hidden=(12, 8)), train_frames, cfg)
+    other = ToyPotential(hidden=(12, 5))
+    graph = Graph.from_atoms(train_frames[0], cutoff=4.0)
+    with pytest.raises(ValueError, match="another model|different model"):
+        predict(other, graph, est)

@@ -123,6 +123,11 @@ class SketchedGradient(nn.Module):
         )
         phi = None
         for (r1, r2), a, g in zip(self.projections(), inputs, grads, strict=True):
+            if a.shape[1] + 1 != r1.shape[0] or g.shape[1] != r2.shape[0]:
+                raise ValueError(
+                    f"sketch built for a readout layer {r1.shape[0] - 1}->{r2.shape[0]}, the "
+                    f"model's is {a.shape[1]}->{g.shape[1]}: was it fitted for another model?"
+                )
             term = (with_bias(a).to(r1.dtype) @ r1) * (g.to(r2.dtype) @ r2)
             phi = term if phi is None else phi + term
         return phi * self.dim**-0.5

@@ -71,6 +71,7 @@ class PosteriorHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """Uncertainty u (N,) for query features (N, K)."""
+        _check_dim(features, self.chol.shape[0])
         phi = features.to(self.chol.dtype) * self.scale
         # L z = φ̃  =>  φ̃ᵀ(LLᵀ)⁻¹φ̃ = ||z||²
         z = torch.linalg.solve_triangular(self.chol, phi.T, upper=False)
@@ -95,6 +96,7 @@ class DistanceHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """Uncertainty u (N,) for query features (N, K)."""
+        _check_dim(features, self.points.shape[1])
         phi = features.to(self.points.dtype) * self.scale
         nearest = self.nearest(phi.detach())
         # Exact distance to the chosen neighbour (differentiable, no cancellation).
@@ -117,3 +119,11 @@ class DistanceHead(nn.Module):
             best = torch.where(better, val, best)
             arg = torch.where(better, idx + start, arg)
         return arg
+
+
+def _check_dim(features: Tensor, k: int) -> None:
+    if features.ndim != 2 or features.shape[1] != k:
+        raise ValueError(
+            f"the estimator was fitted on {k} features per row, got shape "
+            f"{tuple(features.shape)}: was it fitted for a different model?"
+        )
