@@ -22,11 +22,13 @@ from ase import units
 from ase.io import read
 from ase.md.langevin import Langevin
 
+from ubmd import keys
 from ubmd.calculator import UBMDCalculator
 from ubmd.md.adapter import UBMDModel
 from ubmd.md.bias import BiasConfig
+from ubmd.md.forcefield import TorchFunctionModel
 from ubmd.md.integrators import initialize, langevin_step
-from ubmd.md.state import make_state
+from ubmd.md.state import make_state, segment_sum
 from ubmd.models import build_model
 from ubmd.models.ensemble import Ensemble
 from ubmd.uncertainty import UncertaintyConfig, fit_uncertainty
@@ -107,6 +109,14 @@ def main() -> None:
     print(f"(a) batched: {rate_b:9.0f} atom-steps/s ({t_a * 1e3:.1f} ms/step for {R} replicas)")
     print(f"    ASE Langevin + UBMDCalculator, one by one: {rate_a:9.0f} atom-steps/s")
     print(f"    ratio: {ratio_a:.1f}x (target >= 10x)")
+
+    # engine overhead: the same step with a free-particle "model" (no network)
+    free = TorchFunctionModel(
+        lambda pos, strain, st: {keys.ENERGY: segment_sum(0.0 * pos[:, 0], st.batch, st.n_replicas)}
+    )
+    t_free = min_times({"free": batched_runner(free, starts, R)}, args.steps, args.rounds)["free"]
+    print(f"    engine alone (integrator, noise, bookkeeping; no network): {t_free * 1e3:.2f} ms/step "
+          f"= {100 * t_free / t_a:.1f}% of the batched step")  # fmt: skip
 
     # (b) biased vs unbiased, last-layer posterior
     bias = BiasConfig(window=2, norm_every=10)

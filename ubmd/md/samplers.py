@@ -28,7 +28,7 @@ from ase import Atoms, units
 from ubmd import keys
 from ubmd.md.bias import Evaluation, _two_grads
 from ubmd.md.explore import _DTYPES, frames_from
-from ubmd.md.state import MDState, make_state, select_replicas
+from ubmd.md.state import MDState, make_state, segment_sum, select_replicas
 from ubmd.md.stop import StopRules, check_stops
 from ubmd.md.writer import CandidateWriter
 
@@ -189,7 +189,7 @@ def run_adversarial(
     opt = torch.optim.Adam([delta], lr=config.learning_rate_A)
     reasons_all: dict[int, str] = {}
     n_frames, t0 = 0, time.perf_counter()
-    live = torch.arange(state.n_replicas)
+    live = torch.arange(state.n_replicas, device=device)
     with CandidateWriter(out_path) as writer:
         for it in range(1, config.n_iterations + 1):
             state.positions = (x0 + delta).detach()
@@ -198,7 +198,7 @@ def run_adversarial(
             out = model.outputs(pos, strain, state)
             u = out[config.uncertainty_key]
             if u.shape[0] != state.n_replicas:
-                u = torch.zeros(state.n_replicas, dtype=u.dtype).index_add(0, state.batch, u)
+                u = segment_sum(u, state.batch, state.n_replicas)
             log_u = torch.log(u.clamp_min(1e-300))
             g_e, g_u = _two_grads(out[keys.ENERGY].sum(), log_u.sum(), [pos])
             objective = log_u - (out[keys.ENERGY] - e_ref) / kT - log_q
@@ -208,7 +208,9 @@ def run_adversarial(
             grad[~torch.isin(state.batch, live)] = 0.0  # stopped replicas stay put
             delta.grad = grad.detach()
             opt.step()
-            state.step = state.step + torch.isin(torch.arange(state.n_replicas), live).long()
+            state.step = (
+                state.step + torch.isin(torch.arange(state.n_replicas, device=device), live).long()
+            )
             zeros = torch.zeros(state.n_replicas, dtype=dtype, device=device)
             no_stress = torch.zeros(state.n_replicas, 3, 3, dtype=dtype, device=device)
             detached = {k: t.detach() for k, t in out.items() if isinstance(t, torch.Tensor)}
@@ -226,7 +228,9 @@ def run_adversarial(
             for r in live.tolist():
                 if reasons[r]:
                     reasons_all[int(state.replica_id[r])] = reasons[r]
-            live = torch.tensor([r for r in live.tolist() if not reasons[r]], dtype=torch.long)
+            live = torch.tensor(
+                [r for r in live.tolist() if not reasons[r]], dtype=torch.long, device=device
+            )
             if len(live) == 0:
                 break
     final = select_replicas(state, list(range(state.n_replicas)))
