@@ -156,3 +156,18 @@ def test_schedules_and_bad_input():
         BarostatConfig(mode="semi")
     atoms = state_to_atoms(state, 0)
     assert len(atoms) == len(cluster)
+
+
+def test_temperature_ramp_in_explorer(tmp_path):
+    from ubmd import keys
+    from ubmd.md.explore import ExploreConfig, run_explorer
+    from ubmd.md.writer import read_candidates
+
+    cluster = Icosahedron("Ar", 2)
+    cfg = ExploreConfig(sampler="md", temperature_K=LinearRamp(5.0, 60.0, 400), timestep_fs=5.0,
+                        friction_per_fs=0.05, n_steps=400, record_every=20, seed=4)  # fmt: skip
+    run_explorer(cfg, LJModel(), [cluster], out_path=tmp_path / "ramp.h5", replicas=8)
+    data = read_candidates(tmp_path / "ramp.h5")
+    t, step = data[keys.TEMPERATURE_K], data[keys.MD_STEP]
+    early, late = t[(step > 40) & (step <= 120)].mean(), t[step >= 320].mean()
+    assert early < 25.0 < 40.0 < late

@@ -136,3 +136,21 @@ def test_min_distance_uses_minimum_image():
     )
     assert float(d[1]) == pytest.approx(expect)
     assert torch.isfinite(d).all()
+
+
+def test_min_distance_large_replicas_use_neighbour_lists():
+    from ubmd.md.state import make_state
+    from ubmd.md.stop import min_distances
+
+    big = bulk("Cu", cubic=True).repeat((3, 3, 4))  # 144 atoms
+    big.rattle(0.05, seed=1)
+    big.positions[7] = big.positions[3] + [0.3, 0.0, 0.0]
+    small = big[:100]
+    small.pbc = False
+    state = make_state([big, small], temperature_K=None)
+    d_nl = min_distances(state, bound=0.5)
+    d_dense = min_distances(state)  # no bound: dense path for every size
+    assert float(d_nl[0]) == pytest.approx(0.3, abs=1e-9)
+    torch.testing.assert_close(d_nl, d_dense)
+    far = make_state([bulk("Cu", cubic=True).repeat((3, 3, 4))], temperature_K=None)
+    assert float(min_distances(far, bound=0.5)[0]) == float("inf")  # none closer than 0.5

@@ -59,10 +59,33 @@ class StopRules:
             )
 
 
-def min_distances(state: MDState) -> torch.Tensor:
+def _min_distances_nl(state: MDState, bound: float) -> torch.Tensor:
+    """Large replicas: neighbour lists (vesin) with cutoff ``bound``; inf if none closer."""
+    import numpy as np
+
+    from ubmd.models.graph import neighbour_list
+
+    pos = state.positions.detach().cpu().numpy()
+    cell, pbc = state.cell.detach().cpu().numpy(), state.pbc.cpu().numpy()
+    out = []
+    for r in range(state.n_replicas):
+        p = pos[state.atom_slice(r)]
+        if not np.isfinite(p).all():
+            out.append(float("nan"))
+            continue
+        (i, j), shifts = neighbour_list(p, cell[r], pbc[r], bound)
+        d = np.linalg.norm(p[j] - p[i] + shifts @ cell[r], axis=1) if len(i) else np.array([np.inf])
+        out.append(float(d.min()))
+    return torch.tensor(out, dtype=state.dtype, device=state.device)
+
+
+def min_distances(state: MDState, bound: float | None = None) -> torch.Tensor:
     """(R,) smallest interatomic distance per replica (minimum image where periodic; inf
-    for one-atom replicas). Padded (R, N, N) so its cost is R N_max^2."""
+    for one-atom replicas). Small replicas: padded (R, N, N) tensors; replicas of more
+    than 128 atoms: neighbour lists with cutoff ``bound`` (exact below ``bound``)."""
     R, n_max = state.n_replicas, int(state.n_atoms.max())
+    if n_max > 128 and bound is not None:
+        return _min_distances_nl(state, bound)
     idx = torch.arange(state.positions.shape[0], device=state.device)
     starts = torch.cumsum(state.n_atoms, 0) - state.n_atoms
     local = idx - starts[state.batch]
@@ -108,7 +131,7 @@ def check_stops(
             bad |= ~torch.isfinite(ev.outputs[key])
     mark(bad, "nan")
     if rules.min_distance_A is not None:
-        mark(min_distances(state) < rules.min_distance_A, "too_close")
+        mark(min_distances(state, rules.min_distance_A) < rules.min_distance_A, "too_close")
     if rules.max_force_eV_A is not None:
         fmax = torch.zeros(R, dtype=state.dtype, device=state.device)
         fnorm = ev.model_forces.norm(dim=-1).nan_to_num(float("inf"))
