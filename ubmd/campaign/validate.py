@@ -20,7 +20,13 @@ from ubmd.strict import ConfigError, build
 def train_config(config: CampaignConfig, *, seed: int | None = None) -> Any:
     from ubmd.models.train import TrainConfig
 
-    data = {"seed": config.seed, "device": config.device, "dtype": config.dtype}
+    data = {
+        "seed": config.seed,
+        "device": None if config.device == "auto" else config.device,
+        "dtype": config.dtype,
+        "model": {"builtin": "painn", "mace": "mace"}[config.model.kind],
+        "model_options": dict(config.model.hyperparameters),
+    }
     data.update(config.model.training)
     if seed is not None:
         data["seed"] = seed

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import typer
 from rich.console import Console
 
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)
 
 # Exceptions the library raises for bad input or a failed operation: shown as one line.
 _USER_ERRORS: tuple[type[BaseException], ...] = (

@@ -1,0 +1,5 @@
+"""`python -m ubmd.cli` = the `ubmd` command."""
+
+from ubmd.cli import main
+
+main()
