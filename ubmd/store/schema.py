@@ -35,6 +35,14 @@ three counts in a single write (one ``pwrite`` of 24 bytes, so the counts can ne
 disagree with each other, which two separate 1-element datasets could) and flushes again.
 Rows beyond the counts left by a killed writer are garbage and are cut off on reopen.
 
+Single writer: the writer holds an exclusive ``flock`` on ``<store>.lock`` (containing its
+pid) for its lifetime and opens the file with ``libver="latest"`` in SWMR mode; readers open
+with ``swmr=True`` and only ever read rows below ``committed``. A killed writer leaves the
+superblock marked "open for write"; the next writer (whose lock proves the old one dead)
+clears that mark (``ubmd.store.superblock``) and cuts uncommitted rows before appending.
+Stores are created under a temporary name and renamed into place, so a half-built file is
+never visible.
+
 Attributes of the root group, written at creation: ``ubmd_store`` (format marker),
 ``schema_version``, ``campaign_config`` (JSON), ``package_versions`` (JSON), ``created_at``
 (ISO 8601, UTC).
