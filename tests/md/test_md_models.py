@@ -98,6 +98,13 @@ def test_biased_explorer_with_calibrated_posterior_and_cli(potential, ala2, tmp_
     _register_all()
     path = tmp_path / "model.pt"
     save_bundle(path, model, est, cal)
+    # the library takes the file path or a (model, estimator, calibration) tuple as well
+    small = ExploreConfig(n_steps=4, record_every=2, window=2)
+    for bundle in (str(path), (model, est, cal)):
+        res = run_explorer(small, bundle, [ala2[0]], out_path=tmp_path / "b.h5", replicas=1)
+        assert res["replicas"][0]["stop_reason"] == "max_steps"
+    with pytest.raises(TypeError, match="cannot use a int"):
+        run_explorer(small, 3, [ala2[0]], out_path=tmp_path / "b.h5")
     xyz = tmp_path / "start.xyz"
     ala2[0].write(xyz)
     runner = CliRunner()

@@ -107,3 +107,21 @@ class UBMDModel:
             res[ENERGY_GRADS] = grads_e
         res.pop(keys.ATOMIC_FEATURES, None)  # (A, K): not needed by the engine
         return res
+
+
+def as_md_model(bundle, *, device: str | torch.device | None = None):
+    """What the explorers accept as a model: an MD model (``outputs`` or ``compute``), a
+    ubmd model file path, a ``(model, estimator, calibration)`` tuple, or a bare potential."""
+    if hasattr(bundle, "outputs") or hasattr(bundle, "compute"):
+        return bundle
+    if isinstance(bundle, str | os.PathLike):
+        return UBMDModel.from_file(bundle, device=device)
+    if isinstance(bundle, tuple) and 1 <= len(bundle) <= 3:
+        model, est, cal = (*bundle, None, None)[:3]
+        return UBMDModel(model if device is None else model.to(device), est, cal)
+    if isinstance(bundle, torch.nn.Module):
+        return UBMDModel(bundle if device is None else bundle.to(device))
+    raise TypeError(
+        f"cannot use a {type(bundle).__name__} as an MD model: give a model file path, "
+        "(model, estimator, calibration), a ubmd potential, or an ubmd.md force field"
+    )

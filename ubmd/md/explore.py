@@ -171,11 +171,16 @@ def run_explorer(
 ) -> dict:
     """Run one explorer; write candidates to ``out_path``; return a summary dict.
 
-    ``model``: a differentiable model (:mod:`ubmd.md.forcefield`) or an ASE force field
-    (unbiased samplers only). Summary: ``n_frames``, ``replicas`` (id -> dict with
-    ``stop_reason``, ``steps``, ``start_index``), ``wall_time_s``, ``atom_steps_per_s``.
+    ``model``: a differentiable model (:mod:`ubmd.md.forcefield`), an ASE force field
+    (unbiased samplers only), or anything :func:`ubmd.md.adapter.as_md_model` takes (a
+    model file path, ``(model, estimator, calibration)``). Summary: ``n_frames``,
+    ``replicas`` (id -> dict with ``stop_reason``, ``steps``, ``start_index``),
+    ``wall_time_s``, ``atom_steps_per_s``.
     """
+    from ubmd.md.adapter import as_md_model
+
     _check_structures(start_structures)
+    model = as_md_model(model, device=config.device)
     n_slots = len(start_structures) if replicas is None else int(replicas)
     if n_slots < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
@@ -191,6 +196,12 @@ def run_explorer(
     npt = config.ensemble == "npt"
     stress = npt
     dtype, device = _DTYPES[config.dtype], torch.device(config.device)
+    model_dtype = getattr(model, "dtype", None)
+    if model_dtype is not None and model_dtype != dtype:
+        raise ValueError(
+            f"the model computes in {str(model_dtype).removeprefix('torch.')}, the explorer "
+            f"config asks for {config.dtype}; set dtype={str(model_dtype).removeprefix('torch.')!r}"
+        )
     limit = (
         config.n_steps
         if config.stop.max_steps is None

@@ -166,6 +166,9 @@ def run_adversarial(
     out_path: str | Path,
 ) -> dict:
     """Attack every start structure (all in one batch); candidates to ``out_path``."""
+    from ubmd.md.adapter import as_md_model
+
+    model = as_md_model(model, device=config.device)
     if not getattr(model, "differentiable", False):
         raise ValueError("adversarial attacks need a differentiable model with uncertainty")
     config.stop.check_model(model)
