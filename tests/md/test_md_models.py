@@ -124,6 +124,7 @@ def test_biased_explorer_with_calibrated_posterior_and_cli(potential, ala2, tmp_
         (["explore", str(path), str(tmp_path / "missing.xyz")], "does not exist"),
         (["explore", "emt", str(xyz)], "sampler 'md'"),
         (["explore", str(path), str(xyz), "--species-weight", "Hx=0"], "SYMBOL=WEIGHT"),
+        (["explore", str(path), str(xyz), "--dtype", "float32"], "computes in float64"),
     ]  # fmt: skip
     for args, msg in bad:
         res = runner.invoke(app, [*args, "-o", str(tmp_path / "bad.h5"), "--steps", "2"])
