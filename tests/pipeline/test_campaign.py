@@ -263,3 +263,18 @@ def _cpu(p: psutil.Process) -> float:
         return t.user + t.system
     except psutil.Error:
         return 0.0
+
+
+def test_bad_model_hyperparameter_is_caught_before_training(shrunk):
+    from typer.testing import CliRunner
+
+    from ubmd.cli import _register_all, app
+
+    config = shrunk(name="badhp")
+    data = yaml.safe_load(config.read_text())
+    data["model"]["hyperparameters"] = {"n_featurez": 8}
+    config.write_text(yaml.safe_dump(data))
+    _register_all()
+    res = CliRunner().invoke(app, ["run", str(config), "--no-live"])
+    assert res.exit_code == 2
+    assert "n_featurez" in res.output

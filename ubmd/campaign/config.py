@@ -121,6 +121,21 @@ class CampaignConfig(_Strict):
         p = Path(os.path.expandvars(os.path.expanduser(str(p))))
         return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
 
+    def labeler_settings(self) -> dict[str, Any]:
+        """Labeler settings with relative file paths (e.g. an Amber ``prmtop``) resolved
+        against the campaign file's folder, so tasks find them from any working directory."""
+        out = {}
+        for key, value in self.labeler.settings.items():
+            if (
+                isinstance(value, str)
+                and value
+                and not os.path.isabs(value)
+                and self.path(value).exists()
+            ):
+                value = str(self.path(value))
+            out[key] = value
+        return out
+
     @property
     def campaign_dir(self) -> Path:
         return self.path(self.directory)

@@ -152,7 +152,7 @@ def label_task(
 
     config = _config(cfg)
     atoms = read_frames(selection)[index]
-    labeler = make_labeler(config.labeler.name, **config.labeler.settings)
+    labeler = make_labeler(config.labeler.name, **config.labeler_settings())
     shutil.rmtree(workdir, ignore_errors=True)  # a retried task starts clean
     result = label_with_retries(
         labeler,

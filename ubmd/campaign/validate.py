@@ -57,7 +57,7 @@ def make_campaign_labeler(config: CampaignConfig) -> Any:
     from ubmd.labelers import make_labeler
 
     try:
-        return make_labeler(config.labeler.name, **config.labeler.settings)
+        return make_labeler(config.labeler.name, **config.labeler_settings())
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"labeler: {exc}") from None
 
@@ -104,6 +104,15 @@ def validate_campaign(config: CampaignConfig) -> dict[str, Any]:
         "explore": explore_config(config),
         "structures": read_structures(config),
     }
+    species = sorted(
+        {int(z) for frames in built["structures"].values() for a in frames for z in a.numbers}
+    )
+    try:  # architecture options are checked by building the (untrained) model once
+        from ubmd.models.factory import build_model
+
+        build_model(built["train"].model, species, options=built["train"].model_options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.hyperparameters: {exc}") from None
     if config.selection.method not in METHODS:
         raise ConfigError(
             f"selection.method: unknown method {config.selection.method!r} (known: {', '.join(METHODS)})"

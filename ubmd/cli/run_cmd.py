@@ -33,9 +33,6 @@ def run(
     live: bool = typer.Option(
         True, "--live/--no-live", help="Live table in a terminal; plain log lines otherwise."
     ),
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Validate both files, render what would be submitted, run nothing."
-    ),
 ) -> None:
     """Run an active-learning campaign, or resume it if its directory already exists.
 
@@ -59,11 +56,6 @@ def run(
         if updates:
             config = config.model_copy(update=updates)
         site_config = load_site(site)
-        if dry_run:
-            from ubmd.pipeline.dryrun import dry_run as render
-
-            render(config, site_config)
-            return
         from ubmd.pipeline.driver import run_campaign
 
         summary = run_campaign(config, site_config, live=live)
