@@ -162,3 +162,14 @@ def test_unwritable_location(tmp_path: Path) -> None:
     with pytest.raises(PermissionError, match="writable directory"):
         StructureStore.create("/proc/ubmd-test-store.h5")
     assert not os.path.exists("/proc/ubmd-test-store.h5")
+
+
+def test_bad_provenance_in_atoms_info(store_path: Path) -> None:
+    (atoms,) = labeled_atoms(1, seed=13)
+    atoms.info["iteration"] = "first"
+    with StructureStore.open(store_path, mode="a") as st:
+        with pytest.raises(ValueError, match="'iteration' has value 'first'.*an integer"):
+            st.append([atoms])
+        with pytest.raises(TypeError, match="expected Provenance"):
+            st.append([atoms], [{"iteration": 1}])
+        assert len(st) == 5
