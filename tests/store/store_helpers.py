@@ -9,10 +9,24 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from ase import Atoms
-from ase.calculators.singlepoint import SinglePointCalculator
 
 from ubmd import keys
+from ubmd.store import STORE_INDEX
+
+VOLATILE = (keys.CREATED_AT, STORE_INDEX)
+
+
+def assert_same(a: dict, b: dict, skip=VOLATILE) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        if k in skip:
+            continue
+        assert a[k].dtype == b[k].dtype, k
+        # bitwise: compare bytes so that NaN == NaN and -0.0 != 0.0
+        if a[k].dtype.kind in "fiub":
+            assert a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes(), k
+        else:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def batch_arrays(batch_id: int) -> dict[str, np.ndarray]:
@@ -32,8 +46,11 @@ def batch_arrays(batch_id: int) -> dict[str, np.ndarray]:
     }
 
 
-def labeled_atoms(n: int, seed: int = 0, *, periodic_every: int = 3) -> list[Atoms]:
+def labeled_atoms(n: int, seed: int = 0, *, periodic_every: int = 3) -> list:
     """Random labeled structures: molecules, and every ``periodic_every``-th periodic with stress."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):

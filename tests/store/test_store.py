@@ -10,26 +10,11 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from store_helpers import batch_arrays, labeled_atoms
+from store_helpers import VOLATILE, assert_same, batch_arrays, labeled_atoms
 
 from ubmd import keys
 from ubmd.store import STORE_INDEX, Provenance, StoreError, StructureStore
 from ubmd.store.validate import validate
-
-VOLATILE = (keys.CREATED_AT, STORE_INDEX)
-
-
-def assert_same(a: dict, b: dict, skip=VOLATILE) -> None:
-    assert set(a) == set(b)
-    for k in a:
-        if k in skip:
-            continue
-        assert a[k].dtype == b[k].dtype, k
-        # bitwise: compare bytes so that NaN == NaN and -0.0 != 0.0
-        if a[k].dtype.kind in "fiub":
-            assert a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes(), k
-        else:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_atoms_round_trip_is_bitwise(tmp_path: Path) -> None:

@@ -10,8 +10,7 @@ import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from pymatgen.core import Molecule, Structure
-from store_helpers import labeled_atoms
-from test_store import assert_same
+from store_helpers import assert_same, labeled_atoms
 
 from ubmd.store import Provenance, StructureStore
 from ubmd.store.convert import (
