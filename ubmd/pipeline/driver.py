@@ -31,6 +31,10 @@ class RunSummary:
     labels_failed: int = 0
     stop_reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # phase -> wall seconds (driver view)
+    # (iteration, wall start, wall end) of each iteration and (iteration, phase, start, end) of
+    # every app body that ran: what the orchestration-overhead benchmark compares
+    iteration_spans: list[tuple[int, float, float]] = field(default_factory=list)
+    body_spans: list[tuple[int, str, float, float]] = field(default_factory=list)
 
 
 class Driver:
@@ -48,9 +52,14 @@ class Driver:
 
     # -------------------------------------------------------------------- the loop
     def run(self) -> RunSummary:
+        self._iteration = 0
+        t_it = time.time()
         self._label_phase(0)
+        self.summary.iteration_spans.append((0, t_it, time.time()))
         it = 1
         while True:
+            self._iteration = it
+            t_it = time.time()
             reason = self._stop_reason(it)
             if reason:
                 self.summary.stop_reason = reason
@@ -67,6 +76,7 @@ class Driver:
             self._label_phase(it)
             self._report_phase(it)
             self.summary.iterations_done = it
+            self.summary.iteration_spans.append((it, t_it, time.time()))
             it += 1
         self.display.update(phase="finished", message=self.summary.stop_reason)
         return self.summary
@@ -91,12 +101,18 @@ class Driver:
             self.summary.timings.get(phase, 0.0) + time.perf_counter() - t0
         )
 
+    def _record(self, phase: str, result: Any) -> None:
+        if isinstance(result, dict) and "_body_s" in result:
+            t0, t1 = result["_body_s"]
+            self.summary.body_spans.append((self._iteration, phase, t0, t1))
+
     def _wait(self, futures: list[Any], phase: str) -> list[Any]:
         results = []
         for fut in futures:
             while True:
                 try:
                     results.append(fut.result(timeout=0.5))
+                    self._record(phase, results[-1])
                     break
                 except concurrent.futures.TimeoutError:
                     self.display.refresh()
@@ -217,6 +233,7 @@ class Driver:
                 k = futures[fut]
                 exc = fut.exception()
                 if exc is None:
+                    self._record("label", fut.result())
                     self._store_label(self.layout.label(it, k))
                 else:  # the task itself died (after parsl's retries): record it, never drop it
                     steps.write_failed_label(
