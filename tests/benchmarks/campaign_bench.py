@@ -67,7 +67,7 @@ def main() -> None:
 
         shutil.rmtree(args.out)
     biased, biased_dir = run("biased", "biased_md", args.iterations, args.out)
-    unbiased, unbiased_dir = run("unbiased", "md", args.iterations, args.out)
+    _, unbiased_dir = run("unbiased", "md", args.iterations, args.out)
 
     print("\norchestration overhead (biased run): wall time with no app body running")
     print(f"{'iteration':>9} {'wall s':>8} {'in apps s':>10} {'overhead':>9}")

@@ -122,3 +122,25 @@ def test_unknown_element_at_prediction_is_a_clear_error():
     gold = bulk("Au", "fcc", a=4.08, cubic=True)
     with pytest.raises(ValueError, match=r"atomic number \[79\] unknown.*\[13, 29\]"):
         compute(model, model.graph(gold))
+
+
+def test_train_from_store_and_extxyz(tmp_path):
+    from ase.io import write
+
+    from ubmd.models.data import labelled_arrays
+    from ubmd.store import Provenance, StructureStore
+
+    data = emt_dataset(4)
+    with StructureStore.create(tmp_path / "s.h5") as store:
+        store.append(data, Provenance(labeler="emt"))
+    write(tmp_path / "d.extxyz", data)
+    from_store = labelled_arrays(str(tmp_path / "s.h5"))
+    from_atoms = labelled_arrays(data)
+    from_xyz = labelled_arrays(tmp_path / "d.extxyz")  # extxyz keeps ~8 decimals
+    for key in ("numbers", "positions", "energy", "forces", "stress", "has_stress"):
+        np.testing.assert_allclose(from_store[key], from_atoms[key], atol=1e-12, err_msg=key)
+        np.testing.assert_allclose(from_xyz[key], from_atoms[key], atol=1e-6, err_msg=key)
+    assert from_store["has_stress"].all()
+    m1, _ = train_model(config(max_epochs=1), str(tmp_path / "s.h5"))
+    m2, _ = train_model(config(max_epochs=1), data)
+    assert_same(weights(m1), weights(m2))

@@ -74,7 +74,7 @@ def _read_path(path: str) -> dict[str, np.ndarray]:
     if path.endswith((".h5", ".hdf5")):
         from ubmd.store import StructureStore  # another module; imported only when needed
 
-        with StructureStore(path, mode="r") as store:
+        with StructureStore.open(path, mode="r") as store:
             return labelled_arrays(store)
     from ase.io import read
 

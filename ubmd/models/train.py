@@ -33,10 +33,10 @@ class TrainConfig:
 
     model: str = "painn"
     model_options: Mapping[str, Any] = field(default_factory=dict)
-    energy_weight: float = 1.0
-    forces_weight: float = 10.0
+    energy_weight: float = 10.0  # on (ΔE/N)^2, eV^2/atom^2
+    forces_weight: float = 10.0  # on ΔF^2 per component, eV^2/Å^2
     stress_weight: float = 1.0
-    lr: float = 3e-3
+    lr: float = 5e-3
     batch_size: int = 8
     max_epochs: int = 200
     patience: int = 40  # epochs without validation improvement before stopping
