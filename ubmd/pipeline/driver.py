@@ -54,6 +54,7 @@ class Driver:
     def run(self) -> RunSummary:
         self._iteration = 0
         t_it = time.time()
+        steps.import_labelled(self.config, self.store)  # existing labels; duplicates are skipped
         self._label_phase(0)
         self.summary.iteration_spans.append((0, t_it, time.time()))
         it = 1

@@ -1,0 +1,27 @@
+"""Helpers every campaign step shares: the config from plain data, the device, per-task seeds."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ubmd.campaign.config import CampaignConfig
+
+
+def as_config(cfg: dict[str, Any] | CampaignConfig) -> CampaignConfig:
+    return cfg if isinstance(cfg, CampaignConfig) else CampaignConfig.model_validate(cfg)
+
+
+def resolve_device(name: str) -> str:
+    """ "auto" -> "cuda" when a GPU is visible (parsl binds one per worker), else "cpu"."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def task_seed(config: CampaignConfig, *parts: Any) -> int:
+    """A 31-bit seed from the campaign seed and a task's place in the DAG."""
+    text = ":".join(str(p) for p in (config.seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF

@@ -1,0 +1,158 @@
+"""Explorer start structures, one explorer task, and batch selection on the pooled candidates."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ubmd import keys
+from ubmd.campaign.common import as_config, resolve_device, task_seed
+from ubmd.campaign.config import CampaignConfig
+from ubmd.campaign.frames import _save_npy, read_frames, write_frames
+from ubmd.campaign.labels import ORIGIN_FIELDS
+from ubmd.campaign.layout import atomic_path, write_atomic
+from ubmd.campaign.learning import structure_features, training_split
+
+
+def write_starts(
+    config: CampaignConfig, store: Any, iteration: int, path: str | os.PathLike[str]
+) -> None:
+    """Start structures of this iteration's explorers: the systems' structures and, with
+    ``start_from: store``, the labelled structures of the previous iteration too."""
+    from ubmd.campaign.validate import read_structures
+
+    frames = []
+    for name, starts in read_structures(config).items():
+        for atoms in starts:
+            atoms = atoms.copy()
+            atoms.calc = None
+            atoms.info = {"system": name}
+            frames.append(atoms)
+    if config.exploration.start_from == "store" and iteration > 1:
+        for atoms in store.read_atoms(iteration=iteration - 1, status=keys.STATUS_OK):
+            atoms.calc = None
+            atoms.info = {"system": "store"}
+            frames.append(atoms)
+    write_frames(path, frames)
+
+
+def explorer_model(bundle: str, device: str) -> Any:
+    """The bundle (model + uncertainty + calibration) as the MD engine's differentiable model."""
+    from ubmd.md.adapter import UBMDModel
+
+    return UBMDModel.from_file(bundle, device=device)
+
+
+def explore_task(
+    cfg: dict[str, Any], bundle: str, starts: str, iteration: int, explorer: int, out: str
+) -> dict[str, Any]:
+    """Run one explorer (``replicas`` batched replicas) and write its candidate file."""
+    from ubmd.campaign.validate import explore_config
+    from ubmd.md.explore import run_explorer
+
+    config = as_config(cfg)
+    device = resolve_device(config.device)
+    ec = explore_config(config, seed=task_seed(config, "explore", iteration, explorer))
+    import dataclasses
+
+    ec = dataclasses.replace(ec, device=device, explorer_id=explorer)
+    frames = read_frames(starts)
+    rng = np.random.default_rng(task_seed(config, "starts", iteration, explorer))
+    picks = rng.choice(
+        len(frames),
+        size=config.exploration.replicas,
+        replace=len(frames) < config.exploration.replicas,
+    )
+    model = explorer_model(bundle, device)
+    with atomic_path(out, ".h5") as tmp:
+        tmp.unlink()  # the writer creates its own file
+        summary = run_explorer(
+            ec,
+            model,
+            [frames[int(i)] for i in picks],
+            out_path=tmp,
+            replicas=config.exploration.replicas,
+        )
+    stops: dict[str, int] = {}
+    for rep in summary.get("replicas", {}).values():
+        stops[rep.get("stop_reason") or "running"] = (
+            stops.get(rep.get("stop_reason") or "running", 0) + 1
+        )
+    return {
+        "n_frames": summary.get("n_frames"),
+        "stop_reasons": stops,
+        "wall_time_s": summary.get("wall_time_s"),
+    }
+
+
+def select_task(
+    cfg: dict[str, Any],
+    bundle: str,
+    candidates: list[str],
+    store_path: str,
+    iteration: int,
+    out: str,
+) -> dict[str, Any]:
+    """Pool every explorer's candidates and pick the batch (conditioned on the training set)."""
+    import torch
+
+    from ubmd.md.writer import candidates_to_atoms, read_candidates
+    from ubmd.select import select_batch
+
+    config = as_config(cfg)
+    device = resolve_device(config.device)
+    frames, feats, uncs = [], [], []
+    for path in candidates:
+        data = read_candidates(path)
+        if not len(data[keys.N_ATOMS]):
+            continue
+        frames.extend(candidates_to_atoms(data))
+        feats.append(data[keys.FEATURES])
+        u = np.asarray(data.get(keys.CALIBRATED_UNCERTAINTY, []), dtype=np.float64)
+        if u.size == 0 or not np.all(np.isfinite(u)):  # no total calibration (yet): raw values
+            u = np.asarray(data[keys.UNCERTAINTY], dtype=np.float64)
+        uncs.append(u)
+    if not frames:
+        write_frames(out, [])
+        return {"candidates": 0, "selected": 0}
+    pool = np.concatenate(feats)
+    u = np.concatenate(uncs)
+    train, _ = training_split(config, store_path, iteration)
+    train_feats = structure_features(bundle, train, device)
+    batch = min(config.selection.batch_size, len(frames))
+    result = select_batch(
+        torch.as_tensor(pool),
+        batch,
+        method=config.selection.method,
+        train_features=torch.as_tensor(train_feats),
+        uncertainties=torch.as_tensor(u),
+        seed=task_seed(config, "select", iteration),
+        **config.selection.settings,
+    )
+    picked = []
+    for i in np.asarray(result.indices).tolist():
+        atoms = frames[i]
+        info = {k: atoms.info[k] for k in ORIGIN_FIELDS if k in atoms.info}
+        info.update(
+            selection_uncertainty=float(u[i]),
+            selection_method=config.selection.method,
+            candidate=int(i),
+        )
+        clean = atoms.copy()
+        clean.calc = None
+        for name in list(clean.arrays):
+            if name not in ("numbers", "positions"):
+                del clean.arrays[name]
+        clean.info = info
+        picked.append(clean)
+    # the candidates' uncertainties (for the report's histogram) first: the selection file marks done
+    write_atomic(
+        Path(out).with_suffix(".uncertainty.npy"),
+        lambda tmp: _save_npy(tmp, u),
+        suffix=".npy",
+    )
+    write_frames(out, picked)
+    return {"candidates": len(frames), "selected": len(picked)}
