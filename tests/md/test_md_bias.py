@@ -154,3 +154,15 @@ def test_single_pass_biased_force_equals_two_pass_force():
     assert not fast.model_forces_exact and slow.model_forces_exact
     torch.testing.assert_close(fast.forces, slow.forces, rtol=0, atol=1e-12)
     assert float((slow.forces - slow.model_forces).abs().max()) > 1e-3
+
+
+def test_species_weight_keys():
+    assert BiasConfig(species_weights={"H": 0, "6": 0.5, 8: 1}).species_weights == {
+        1: 0.0,
+        6: 0.5,
+        8: 1.0,
+    }
+    with pytest.raises(ValueError, match="not an element symbol"):
+        BiasConfig(species_weights={"Hx": 0})
+    with pytest.raises(ValueError, match="weight >= 0"):
+        BiasConfig(species_weights={1: -1.0})

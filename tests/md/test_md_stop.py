@@ -154,3 +154,23 @@ def test_min_distance_large_replicas_use_neighbour_lists():
     torch.testing.assert_close(d_nl, d_dense)
     far = make_state([bulk("Cu", cubic=True).repeat((3, 3, 4))], temperature_K=None)
     assert float(min_distances(far, bound=0.5)[0]) == float("inf")  # none closer than 0.5
+
+
+def test_explore_config_from_a_campaign_mapping():
+    """YAML-like dicts build the nested configs (schedules, stop rules, hills)."""
+    from ubmd.md.bias import UncertaintyCVConfig
+    from ubmd.md.schedule import LinearRamp
+    from ubmd.strict import ConfigError, build
+
+    cfg = build(ExploreConfig, {
+        "sampler": "uncertainty_cv", "temperature_K": {"start": 300, "end": 600, "n_steps": 100},
+        "stop": {"max_atomic_uncertainty": 1.5}, "species_weights": {"H": 0},
+        "uncertainty_cv": {"height_eV": 0.1},
+    }, "exploration.settings")  # fmt: skip
+    assert cfg.temperature_K == LinearRamp(300.0, 600.0, 100)
+    assert cfg.stop.max_atomic_uncertainty == 1.5
+    assert cfg.uncertainty_cv == UncertaintyCVConfig(height_eV=0.1)
+    assert cfg.bias().config.height_eV == 0.1
+    assert ExploreConfig(species_weights={"H": 0}).bias().species_weights == {1: 0.0}
+    with pytest.raises(ConfigError, match="not an element symbol"):
+        build(ExploreConfig, {"species_weights": {"Hx": 0}}, "exploration.settings")

@@ -58,7 +58,7 @@ class BiasConfig:
     tau_rel: float = 0.25
     tau_stress_rel: float = 0.05
     window: int = 100
-    species_weights: Mapping[int, float] = field(default_factory=dict)
+    species_weights: Mapping[int | str, float] = field(default_factory=dict)
     uncertainty_key: str = keys.UNCERTAINTY
     tau_eV: float | None = None
     tau_stress_eV: float | None = None
@@ -85,9 +85,25 @@ class BiasConfig:
             raise ValueError(
                 f"uncertainty_key {self.uncertainty_key!r} not one of {list(_BIAS_KEYS)}"
             )
-        for z, w in self.species_weights.items():
-            if not 0 < int(z) < 119 or w < 0:
-                raise ValueError(f"species weight {z}: {w} needs 0 < Z < 119 and weight >= 0")
+        object.__setattr__(self, "species_weights", _normalise_weights(self.species_weights))
+
+
+def _normalise_weights(weights: Mapping) -> dict[int, float]:
+    """Keys as atomic numbers (ints, digit strings or element symbols such as "H")."""
+    from ase.data import atomic_numbers
+
+    out = {}
+    for key, w in weights.items():
+        if isinstance(key, str) and not key.strip().isdigit():
+            if key.strip() not in atomic_numbers:
+                raise ValueError(f"species weight key {key!r} is not an element symbol")
+            z = atomic_numbers[key.strip()]
+        else:
+            z = int(key)
+        if not 0 < z < 119 or not float(w) >= 0:
+            raise ValueError(f"species weight {key}: {w} needs 0 < Z < 119 and weight >= 0")
+        out[z] = float(w)
+    return out
 
 
 @dataclass
@@ -236,3 +252,26 @@ def evaluate(
             tau_s = _strength(bias.tau_stress_rel, state.win_s2, state.win_gs2, full)
         s_total = s_model - tau_s[:, None, None] * s_u
     return Evaluation(energy.detach(), forces, f_model, s_total, s_model, tau, tau_s, detached)
+
+
+@dataclass(frozen=True)
+class UncertaintyCVConfig:
+    """Hills on the uncertainty. ``height_eV``: hill height; ``width``: Gaussian width in
+    the CV's unit; ``pace``: steps between hills; ``well_tempered_dT_K``: None for plain
+    metadynamics. ``cv_key``: which model output is the CV (calibrated total by default,
+    the raw ``keys.UNCERTAINTY`` when the model has no calibration)."""
+
+    height_eV: float = 0.05
+    width: float = 0.01
+    pace: int = 50
+    well_tempered_dT_K: float | None = None
+    cv_key: str = keys.CALIBRATED_UNCERTAINTY
+
+    def __post_init__(self) -> None:
+        if not (self.height_eV > 0 and self.width > 0 and self.pace >= 1):
+            raise ValueError(
+                f"hills need height_eV > 0, width > 0, pace >= 1; got {self.height_eV}, "
+                f"{self.width}, {self.pace}"
+            )
+        if self.well_tempered_dT_K is not None and not self.well_tempered_dT_K > 0:
+            raise ValueError(f"well_tempered_dT_K must be > 0, got {self.well_tempered_dT_K}")

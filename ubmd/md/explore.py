@@ -18,7 +18,7 @@ import torch
 from ase import Atoms, units
 
 from ubmd import keys
-from ubmd.md.bias import BiasConfig, Evaluation
+from ubmd.md.bias import BiasConfig, Evaluation, UncertaintyCVConfig, _normalise_weights
 from ubmd.md.integrators import (
     BarostatConfig,
     check_periodic,
@@ -57,11 +57,11 @@ class ExploreConfig:
     tau_rel: float = 0.25
     tau_stress_rel: float = 0.05
     window: int = 100
-    species_weights: Mapping[int, float] = field(default_factory=dict)
+    species_weights: Mapping[int | str, float] = field(default_factory=dict)
     bias_key: str = keys.UNCERTAINTY
     stop: StopRules = field(default_factory=StopRules)
     barostat: BarostatConfig = field(default_factory=BarostatConfig)
-    uncertainty_cv: object | None = None  # ubmd.md.samplers.UncertaintyCVConfig
+    uncertainty_cv: UncertaintyCVConfig | None = None
     explorer_id: int = 0
     seed: int = 0
     device: str = "cpu"
@@ -79,12 +79,13 @@ class ExploreConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype {self.dtype!r} not one of {list(_DTYPES)}")
+        _normalise_weights(self.species_weights)  # bad keys/weights fail here, not mid-run
 
     def bias(self):
         if self.sampler == "md":
             return None
         if self.sampler == "uncertainty_cv":
-            from ubmd.md.samplers import HillsBias, UncertaintyCVConfig
+            from ubmd.md.samplers import HillsBias
 
             return HillsBias(self.uncertainty_cv or UncertaintyCVConfig())
         return BiasConfig(

@@ -26,34 +26,11 @@ import torch
 from ase import Atoms, units
 
 from ubmd import keys
-from ubmd.md.bias import Evaluation, _two_grads
+from ubmd.md.bias import Evaluation, UncertaintyCVConfig, _two_grads
 from ubmd.md.explore import _DTYPES, frames_from
 from ubmd.md.state import MDState, make_state, segment_sum, select_replicas
 from ubmd.md.stop import StopRules, check_stops
 from ubmd.md.writer import CandidateWriter
-
-
-@dataclass(frozen=True)
-class UncertaintyCVConfig:
-    """Hills on the uncertainty. ``height_eV``: hill height; ``width``: Gaussian width in
-    the CV's unit; ``pace``: steps between hills; ``well_tempered_dT_K``: None for plain
-    metadynamics. ``cv_key``: which model output is the CV (calibrated total by default,
-    the raw ``keys.UNCERTAINTY`` when the model has no calibration)."""
-
-    height_eV: float = 0.05
-    width: float = 0.01
-    pace: int = 50
-    well_tempered_dT_K: float | None = None
-    cv_key: str = keys.CALIBRATED_UNCERTAINTY
-
-    def __post_init__(self) -> None:
-        if not (self.height_eV > 0 and self.width > 0 and self.pace >= 1):
-            raise ValueError(
-                f"hills need height_eV > 0, width > 0, pace >= 1; got {self.height_eV}, "
-                f"{self.width}, {self.pace}"
-            )
-        if self.well_tempered_dT_K is not None and not self.well_tempered_dT_K > 0:
-            raise ValueError(f"well_tempered_dT_K must be > 0, got {self.well_tempered_dT_K}")
 
 
 class HillsBias:
