@@ -78,10 +78,10 @@ class Potential(nn.Module):
 
     def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
         """Map atomic numbers to 0..n_species-1; unknown elements raise ValueError."""
-        if numbers.numel() and (numbers.min() < 1 or numbers.max() >= N_ELEMENTS):
-            raise ValueError(f"atomic numbers must be in 1..118, got {numbers.unique().tolist()}")
-        idx = self.species_lookup[numbers]
-        if (idx < 0).any():
+        # out-of-range numbers map to index 0 (never a species) so one check covers both cases
+        valid = (numbers >= 1) & (numbers < N_ELEMENTS)
+        idx = self.species_lookup[torch.where(valid, numbers, 0)]
+        if bool((idx < 0).any()):
             unknown = sorted(set(numbers[idx < 0].tolist()))
             raise ValueError(
                 f"element(s) with atomic number {unknown} unknown to this model, "

@@ -141,6 +141,10 @@ class PaiNN(Potential):
     def hyperparameters(self) -> dict[str, Any]:
         return dict(self._hp)
 
+    @property
+    def _readout_hidden(self) -> list[nn.Module]:
+        return list(self.readout)[:-1]
+
     def forward(self, graph: Graph) -> dict[str, torch.Tensor]:
         z = self.species_index(graph.numbers)
         vec = graph.edge_vectors()
@@ -152,7 +156,9 @@ class PaiNN(Potential):
         for k, (message, update) in enumerate(zip(self.messages, self.updates, strict=True)):
             s, v = message(s, v, graph.edge_index, filters[k], unit, first=k == 0)
             s, v = update(s, v)
-        hidden = self.readout[:-1](s)
+        hidden = s
+        for layer in self._readout_hidden:  # slicing nn.Sequential would build a module per call
+            hidden = layer(hidden)
         raw = self.readout[-1](hidden).squeeze(-1)
         atomic = self.scale_shift(raw, z)
         energy = torch.zeros(graph.n_structures, dtype=s.dtype, device=s.device)
