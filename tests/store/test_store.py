@@ -150,6 +150,8 @@ def test_info_and_metadata(tmp_path: Path) -> None:
     assert info["n_structures"] == 6 and info["by_status"] == {"ok": 6}
     assert info["by_iteration"] == {0: 2, 1: 2, 2: 2}
     assert info["campaign_config"] == {"name": "ala2", "T_K": 300}
+    with StructureStore.open(path) as st:
+        assert st.campaign_config == {"name": "ala2", "T_K": 300}
     assert {"ubmd", "numpy", "h5py", "hdf5", "ase"} <= set(info["package_versions"])
     assert sum(info["elements"].values()) == info["n_atoms"]
     with h5py.File(path, "r") as f:

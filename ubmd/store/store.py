@@ -121,6 +121,13 @@ class StructureStore:
     def writable(self) -> bool:
         return self._lock is not None
 
+    @property
+    def campaign_config(self) -> dict[str, Any]:
+        """The campaign configuration stored at creation."""
+        import json
+
+        return json.loads(self._f.attrs["campaign_config"])
+
     def __len__(self) -> int:
         return int(self._committed[0])
 
