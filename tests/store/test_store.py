@@ -243,3 +243,17 @@ def test_read_tensors_for_training(tmp_path: Path) -> None:
     assert keys.LABELER not in t and t[keys.PBC].dtype == torch.bool
     np.testing.assert_allclose(t[keys.FORCES].numpy(), arrays[keys.FORCES], rtol=1e-6)
     assert t[keys.N_ATOMS].tolist() == arrays[keys.N_ATOMS].tolist()
+
+
+def test_content_hashes_match_batch_hashes(tmp_path: Path) -> None:
+    from ubmd.store.batch import make_batch
+
+    with StructureStore.create(tmp_path / "s.h5") as st:
+        st.append(labeled_atoms(5))
+        all_h = st.content_hashes()
+        some = st.content_hashes([3, 1])
+        arrays = st.read_arrays()
+    assert all_h.shape == (5, 16) and all_h.dtype == np.uint8
+    assert some.tolist() == all_h[[3, 1]].tolist()
+    recomputed = make_batch(arrays).hashes()
+    assert [h.tobytes() for h in all_h] == recomputed
