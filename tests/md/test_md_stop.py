@@ -15,18 +15,16 @@ from ubmd.md.writer import read_candidates
 
 
 class NaNAfter(LJModel):
-    """LJ whose energy turns NaN for replica id 1 after a number of calls."""
+    """LJ whose energy turns NaN for replica id 1 from MD step ``after`` on."""
 
     def __init__(self, after, **kw):
         super().__init__(**kw)
-        self.calls, self.after = 0, after
+        self.after = after
 
     def outputs(self, positions, strain, state):
         out = super().outputs(positions, strain, state)
-        self.calls += 1
-        if self.calls > self.after:
-            e = out[keys.ENERGY]
-            out[keys.ENERGY] = torch.where(state.replica_id == 1, float("nan"), e)
+        bad = (state.replica_id == 1) & (state.step >= self.after)
+        out[keys.ENERGY] = torch.where(bad, float("nan"), out[keys.ENERGY])
         return out
 
 
@@ -77,6 +75,10 @@ def test_nan_stops_one_replica_others_go_on_and_slot_is_refilled(tmp_path):
     assert set(data[keys.REPLICA].tolist()) == {0, 1, 2}
     nan_rows = np.flatnonzero(data[keys.STOP_REASON] == "nan")
     assert len(nan_rows) == 1 and data[keys.REPLICA][nan_rows[0]] == 1
+    # its stop frame is the last finite one (before the failing step), not NaNs
+    assert data[keys.MD_STEP][nan_rows[0]] == 4
+    assert np.isfinite(data[keys.ENERGY]).all() and np.isfinite(data[keys.POSITIONS]).all()
+    assert np.isfinite(data[keys.FEATURES]).all()
 
 
 def test_blow_up_ends_cleanly(tmp_path):

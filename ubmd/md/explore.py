@@ -8,6 +8,7 @@ Each replica writes a candidate frame every ``record_every`` steps and at its st
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 from ase import Atoms, units
 
 from ubmd import keys
-from ubmd.md.bias import BiasConfig, Evaluation, UncertaintyCVConfig, _normalise_weights
+from ubmd.md.bias import BiasConfig, Evaluation, UncertaintyCVConfig, _normalise_weights, evaluate
 from ubmd.md.integrators import (
     BarostatConfig,
     check_periodic,
@@ -161,6 +162,17 @@ def _check_structures(structures: Sequence[Atoms]) -> None:
             raise TypeError(f"start structure {k} is a {type(atoms).__name__}, not ase.Atoms")
 
 
+def _last_finite_frame(state: MDState, before, r: int, model, config, stress: bool) -> dict:
+    """A replica that went NaN keeps the frame before the failing step as its stop frame
+    (evaluated again without bias: one small extra model call)."""
+    pos, vel, cell, step = before
+    snap = dataclasses.replace(state, positions=pos, velocities=vel, cell=cell, step=step)
+    one = select_replicas(snap, [r])
+    ev = evaluate(one, model, stress=stress, bias=None)
+    return frames_from(one, ev, [0], ["nan"], explorer=config.explorer_id,
+                       sampler=config.sampler, stress=stress)  # fmt: skip
+
+
 def run_explorer(
     config: ExploreConfig,
     model,
@@ -248,6 +260,8 @@ def run_explorer(
     with CandidateWriter(out_path) as writer:
         state = start(writer, n_slots)
         while state is not None and state.n_replicas > 0:
+            # the integrators replace these tensors, so references are a snapshot
+            before = (state.positions, state.velocities, state.cell, state.step)
             temp = t_sched.at(state.step).to(dtype)
             if config.ensemble == "nve":
                 ev = nve_step(state, model, timestep_fs=config.timestep_fs, bias=bias)
@@ -265,7 +279,10 @@ def run_explorer(
             reasons = check_stops(state, ev, config.stop, step_limit=limit)
             steps = state.step.tolist()
             rows = [r for r in range(state.n_replicas)
-                    if reasons[r] or steps[r] % config.record_every == 0]  # fmt: skip
+                    if reasons[r] != "nan" and (reasons[r] or steps[r] % config.record_every == 0)]  # fmt: skip
+            for r in (r for r in range(state.n_replicas) if reasons[r] == "nan"):
+                writer.append(_last_finite_frame(state, before, r, model, config, stress))
+                n_frames += 1
             if rows:
                 frames = frames_from(state, ev, rows, [reasons[r] for r in rows],
                                      explorer=config.explorer_id, sampler=config.sampler,
