@@ -79,15 +79,42 @@ def _origin(atoms: Any) -> dict[str, Any]:
     return {k: atoms.info[k] for k in ORIGIN_FIELDS if k in atoms.info}
 
 
+def labeler_settings(config: CampaignConfig, *, launcher: str = "") -> dict[str, Any]:
+    """The campaign's labeler settings plus the site's MPI prefix (``launcher``) for labelers
+    that take one (CP2K, VASP); a ``launcher`` set in the campaign file itself wins."""
+    from ubmd.labelers import labeler_class
+
+    settings = config.labeler_settings()
+    takes = "launcher" in labeler_class(config.labeler.name).Settings.model_fields
+    if launcher and takes and "launcher" not in settings:
+        settings["launcher"] = launcher
+    return settings
+
+
 def label_task(
-    cfg: dict[str, Any], selection: str, index: int, iteration: int, out: str, workdir: str
+    cfg: dict[str, Any],
+    selection: str,
+    index: int,
+    iteration: int,
+    out: str,
+    workdir: str,
+    *,
+    launcher: str = "",
+    scratch_dir: str = "",
 ) -> dict[str, Any]:
-    """Label frame ``index`` of a selection file with the campaign's labeler (with retries)."""
+    """Label frame ``index`` of a selection file with the campaign's labeler (with retries).
+
+    ``launcher`` and ``scratch_dir`` are site properties (the label executor's MPI prefix, the
+    labelers' scratch disk with ``$VARS`` expanded here, on the compute node)."""
     from ubmd.labelers import RetryPolicy, label_with_retries, make_labeler
 
     config = as_config(cfg)
     atoms = read_frames(selection)[index]
-    labeler = make_labeler(config.labeler.name, **config.labeler_settings())
+    labeler = make_labeler(config.labeler.name, **labeler_settings(config, launcher=launcher))
+    if scratch_dir:
+        work = Path(workdir)
+        root = Path(os.path.expandvars(os.path.expanduser(scratch_dir)))
+        workdir = str(root / config.name / work.parent.name / work.name)
     shutil.rmtree(workdir, ignore_errors=True)  # a retried task starts clean
     result = label_with_retries(
         labeler,

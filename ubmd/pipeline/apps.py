@@ -82,9 +82,13 @@ class Apps:
         self._apps: dict[str, Callable[..., Any]] = {}
         for step, role in self.ROLE_OF_STEP.items():
             label = site.roles[role]
-            threads = max(1, int(site.executors[label].cores_per_worker))
+            spec = site.executors[label]
+            threads = max(1, int(spec.cores_per_worker))
             app = python_app(_run_step, executors=[label])
-            self._apps[step] = _bind(app, step, threads)
+            site_kwargs = {}
+            if step == "label_task":  # site properties the labeler needs (see sites.py)
+                site_kwargs = {"launcher": spec.mpi_command, "scratch_dir": site.scratch_dir or ""}
+            self._apps[step] = _bind(app, step, threads, site_kwargs)
 
     def __getattr__(self, step: str) -> Callable[..., Any]:
         try:
@@ -93,9 +97,11 @@ class Apps:
             raise AttributeError(step) from None
 
 
-def _bind(app: Callable[..., Any], step: str, threads: int) -> Callable[..., Any]:
+def _bind(
+    app: Callable[..., Any], step: str, threads: int, site_kwargs: dict[str, Any]
+) -> Callable[..., Any]:
     def submit(*args: Any, **kwargs: Any) -> Any:
-        return app(step, threads, *args, **kwargs)
+        return app(step, threads, *args, **site_kwargs, **kwargs)
 
     submit.__name__ = step
     return submit

@@ -31,25 +31,32 @@ class ExecutorSpec(_Strict):
     # worker layout on a node
     max_workers_per_node: int | Literal["auto"] = "auto"
     cores_per_worker: float = Field(1.0, gt=0)
-    available_accelerators: int | list[str] = 0  # GPUs per node: one worker bound per GPU
+    # GPUs per node (a count, or device ids): parsl starts one worker per GPU and sets that
+    # worker's CUDA_VISIBLE_DEVICES, so device "auto" tasks each use their own GPU
+    available_accelerators: int | list[str] = 0
     # batch-system fields (ignored by provider "local")
     partition: str | None = None  # SLURM partition
     queue: str | None = None  # PBS / Torque queue
     account: str | None = None
     qos: str | None = None
+    constraint: str | None = None  # SLURM --constraint (e.g. a GPU model)
     walltime: str = "00:30:00"
     nodes_per_block: int = Field(1, ge=1)
     init_blocks: int = Field(1, ge=0)
     min_blocks: int = Field(0, ge=0)
     max_blocks: int = Field(1, ge=1)
-    cores_per_node: int | None = None
-    gpus_per_node: int | None = None
-    mem_per_node_GB: int | None = None
-    scheduler_options: str = ""
-    worker_init: str = ""
+    cores_per_node: int | None = Field(None, ge=1)
+    gpus_per_node: int | None = Field(None, ge=1)  # SLURM --gpus-per-node
+    mem_per_node_GB: int | None = Field(None, ge=1)
+    select_options: str = ""  # PBS Pro chunk options, e.g. "ngpus=4"
+    scheduler_options: str = ""  # extra #SBATCH / #PBS lines, verbatim
+    worker_init: str = ""  # shell lines run before the workers start (modules, venv)
     launcher: Literal["single", "srun", "mpiexec", "aprun"] = "single"
-    # MPI launch prefix handed to labelers (e.g. "srun -n 32", "mpiexec -n 32"); "" = serial
+    # MPI launch prefix handed to labelers that take one (CP2K, VASP), e.g. "srun -n 32"
     mpi_command: str = ""
+    # longest task expected on this executor: workers stop taking tasks once less than this is
+    # left of the block's walltime (parsl's drain_period); None = take tasks until killed
+    max_task_minutes: float | None = Field(None, gt=0)
 
     @field_validator("walltime")
     @classmethod
@@ -59,11 +66,49 @@ class ExecutorSpec(_Strict):
             raise ValueError(f"walltime must be HH:MM:SS, got {v!r}")
         return v
 
+    @model_validator(mode="after")
+    def _consistent(self) -> ExecutorSpec:
+        if self.gpus_per_node and not self.available_accelerators:
+            raise ValueError(
+                f"gpus_per_node = {self.gpus_per_node} but available_accelerators is 0: set "
+                f"available_accelerators: {self.gpus_per_node} so each worker gets its own GPU"
+            )
+        drain = self.drain_period_s()
+        if drain is not None and drain <= 0:
+            raise ValueError(
+                f"max_task_minutes = {self.max_task_minutes} does not fit in walltime "
+                f"{self.walltime}: ask for a longer walltime or a shorter max_task_minutes"
+            )
+        if self.min_blocks > self.max_blocks or self.init_blocks > self.max_blocks:
+            raise ValueError(
+                f"need min_blocks <= max_blocks and init_blocks <= max_blocks, got "
+                f"min {self.min_blocks}, init {self.init_blocks}, max {self.max_blocks}"
+            )
+        return self
+
+    def walltime_s(self) -> int:
+        h, m, sec = (int(p) for p in self.walltime.split(":"))
+        return 3600 * h + 60 * m + sec
+
+    def drain_period_s(self) -> int | None:
+        """Seconds after a block's workers start when they stop taking new tasks (then exit once
+        idle, and parsl starts a fresh block for what is left): walltime minus the longest task."""
+        if self.max_task_minutes is None or self.provider == "local":
+            return None
+        return int(self.walltime_s() - 60 * self.max_task_minutes)
+
+    def n_accelerators(self) -> int:
+        acc = self.available_accelerators
+        return acc if isinstance(acc, int) else len(acc)
+
     def workers_per_node(self) -> int:
         if self.max_workers_per_node == "auto":
             cores = self.cores_per_node or os.cpu_count() or 1
-            return max(1, int(cores // self.cores_per_worker))
-        return self.max_workers_per_node
+            n = max(1, int(cores // self.cores_per_worker))
+        else:
+            n = self.max_workers_per_node
+        # one worker per GPU (parsl would cap it the same way)
+        return min(n, self.n_accelerators()) if self.n_accelerators() else n
 
 
 class SiteConfig(_Strict):
@@ -72,7 +117,9 @@ class SiteConfig(_Strict):
     roles: dict[str, str]
     retries: int = Field(2, ge=0)
     strategy_period_s: float = Field(1.0, gt=0)
-    scratch_dir: str | None = None  # labelers' scratch (default: inside the campaign directory)
+    # labelers' working directories ($VARS expanded on the compute node, e.g. "/scratch/$USER");
+    # default: inside the campaign directory
+    scratch_dir: str | None = None
 
     @model_validator(mode="after")
     def _roles(self) -> SiteConfig:
@@ -125,6 +172,7 @@ def make_config(site: SiteConfig, run_dir: str | os.PathLike[str]) -> Any:
                 max_workers_per_node=spec.workers_per_node(),
                 cores_per_worker=spec.cores_per_worker,
                 available_accelerators=spec.available_accelerators,
+                drain_period=spec.drain_period_s(),
                 heartbeat_period=5,
                 heartbeat_threshold=30,
                 poll_period=10,
@@ -174,6 +222,7 @@ def _provider(spec: ExecutorSpec) -> Any:
             cores_per_node=spec.cores_per_node,
             gpus_per_node=spec.gpus_per_node,
             mem_per_node=spec.mem_per_node_GB,
+            constraint=spec.constraint,
             scheduler_options=spec.scheduler_options,
             exclusive=False,
             **common,
@@ -184,13 +233,39 @@ def _provider(spec: ExecutorSpec) -> Any:
             account=spec.account,
             walltime=spec.walltime,
             cpus_per_node=spec.cores_per_node or 1,
+            select_options=spec.select_options,
             scheduler_options=spec.scheduler_options,
             **common,
         )
-    return providers.TorqueProvider(
+    provider = providers.TorqueProvider(
         queue=spec.queue,
         account=spec.account,
         walltime=spec.walltime,
         scheduler_options=spec.scheduler_options,
         **common,
     )
+    if spec.cores_per_node:
+        _ask_ppn(provider, spec.cores_per_node)
+    return provider
+
+
+def _ask_ppn(provider: Any, ppn: int) -> None:
+    """Make parsl's TorqueProvider ask for ``nodes=N:ppn=<cores>`` instead of ``ppn=1``.
+
+    HTEX submits every block with one task per node (one worker pool), and TorqueProvider puts
+    that number into ``ppn``, so a block would get one core. The template gets ``ppn`` cores
+    while the launcher still starts one worker pool per node.
+    """
+    submit, launcher = provider.submit, provider.launcher
+
+    def one_pool(command: str, _tasks_per_node: int, nodes: int, *rest: Any) -> str:
+        return launcher(command, 1, nodes, *rest)
+
+    def submit_with_ppn(command: str, tasks_per_node: int, job_name: str = "parsl.torque") -> Any:
+        provider.launcher = one_pool
+        try:
+            return submit(command, ppn, job_name)
+        finally:
+            provider.launcher = launcher
+
+    provider.submit = submit_with_ppn
