@@ -115,6 +115,12 @@ def test_biased_explorer_with_calibrated_posterior_and_cli(potential, ala2, tmp_
     cli = read_candidates(tmp_path / "cli.h5")
     assert list(cli[keys.MD_STEP]) == [6, 6, 12, 12]
     assert set(cli[keys.STOP_REASON]) == {"", "max_steps"}
+    res = runner.invoke(app, ["explore", str(path), str(xyz), "--steps", "6", "--replicas", "1",
+                              "--sampler", "uncertainty_cv", "--hill-pace", "2", "--record-every",
+                              "3", "-o", str(tmp_path / "cv.h5")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    cv = read_candidates(tmp_path / "cv.h5")
+    assert set(cv[keys.SAMPLER]) == {"uncertainty_cv"} and list(cv[keys.MD_STEP]) == [3, 6]
     # bad input -> "error: ..." and exit 2
     save_bundle(tmp_path / "nocal.pt", model, est)
     bad = [

@@ -79,6 +79,9 @@ def explore(
     tau_stress_rel: float = typer.Option(0.05, "--tau-stress-rel", help="Relative stress-bias strength (NPT)."),
     window: int = typer.Option(100, "--window", help="Steps in the adaptive-strength window (unbiased until full)."),
     species_weight: list[str] = typer.Option([], "--species-weight", help="Bias weight per element, e.g. H=0 (repeatable)."),
+    hill_height: float = typer.Option(0.05, "--hill-height-eV", help="uncertainty_cv: hill height, eV."),
+    hill_width: float = typer.Option(0.01, "--hill-width", help="uncertainty_cv: hill width, in units of the CV (calibrated uncertainty)."),
+    hill_pace: int = typer.Option(50, "--hill-pace", help="uncertainty_cv: steps between hills."),
     timestep_fs: float = typer.Option(0.5, "--timestep-fs", help="Timestep, fs."),
     friction: float = typer.Option(0.01, "--friction", help="Langevin friction, 1/fs."),
     record_every: int = typer.Option(200, "--record-every", help="Write a candidate every N steps."),
@@ -98,11 +101,16 @@ def explore(
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
         from rich.table import Table
 
+        from ubmd import keys
+        from ubmd.md.bias import UncertaintyCVConfig
         from ubmd.md.explore import ExploreConfig, run_explorer
         from ubmd.md.integrators import BarostatConfig
         from ubmd.md.schedule import LinearRamp
         from ubmd.md.stop import StopRules
 
+        md_model = _load_model(model, device)
+        calibrated = getattr(md_model, "has_calibration", False)
+        cv_key = keys.CALIBRATED_UNCERTAINTY if calibrated else keys.UNCERTAINTY
         temp = (
             temperature
             if temperature_end is None
@@ -118,10 +126,11 @@ def explore(
                            max_atomic_uncertainty=max_atomic_uncertainty,
                            max_uncertainty=max_uncertainty),
             barostat=BarostatConfig(mode="isotropic" if isotropic else "anisotropic"),
+            uncertainty_cv=UncertaintyCVConfig(height_eV=hill_height, width=hill_width,
+                                               pace=hill_pace, cv_key=cv_key),
             explorer_id=explorer_id, seed=seed, device=device, dtype=dtype,
         )  # fmt: skip
         starts = _read_structures(list(structures), frames)
-        md_model = _load_model(model, device)
         if hasattr(md_model, "check_structures"):
             for atoms in starts:
                 md_model.check_structures(atoms.numbers)
