@@ -14,6 +14,14 @@ Layout (functions over a batched state, torch-sim style):
 * :mod:`ubmd.md.adapter` — ``UBMDModel``: a ubmd potential + estimator + calibration.
 * :mod:`ubmd.md.forcefield` — the model protocol and ``ASEForceField`` (EMT etc.).
 
+Why not torch-sim: its current releases (>= 0.4) need Python >= 3.12 (ubmd supports 3.11),
+and the engine's own cost is small (tests/benchmarks/explore_bench.py: integrator, noise
+and bookkeeping take < 1 % of a batched step; the potential takes the rest), so a
+dependency would buy no speed while we need things it does not give as such: one random
+generator per replica (a batch reproduces its replicas run alone), the adaptive
+uncertainty bias on forces and stress, per-replica stop rules with slot refilling, and
+our Graph/estimator contract.
+
 Imports are lazy so ``import ubmd.md`` does not import torch.
 """
 
