@@ -257,3 +257,13 @@ def test_content_hashes_match_batch_hashes(tmp_path: Path) -> None:
     assert some.tolist() == all_h[[3, 1]].tolist()
     recomputed = make_batch(arrays).hashes()
     assert [h.tobytes() for h in all_h] == recomputed
+
+
+def test_empty_store_and_empty_append(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    with StructureStore.create(path) as st:
+        res = st.append([])
+        assert res.indices.tolist() == [] and res.duplicates == []
+        assert st.read_arrays()[keys.POSITIONS].shape == (0, 3)
+        assert st.read_atoms() == [] and st.content_hashes().shape == (0, 16)
+    assert validate(path) == []

@@ -49,7 +49,7 @@ class Batch:
 
     @property
     def offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.n_atoms)[:-1]]).astype(np.int64)
+        return (np.cumsum(self.n_atoms) - self.n_atoms).astype(np.int64)
 
     def hashes(self) -> list[bytes]:
         """blake2b-128 of each structure's numbers (int64), positions and cell (f8, LE)."""

@@ -36,7 +36,7 @@ def gather(
     n_atoms = column(ds["n_atoms"], rows, n).astype(np.int64)
     offsets = column(ds["atom_offset"], rows, n)
     S, A = len(rows), int(n_atoms.sum())
-    new_offsets = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
+    new_offsets = np.cumsum(n_atoms) - n_atoms
     if S == 0:
         atom_rows = np.zeros(0, dtype=np.int64)
         lo = hi = 0

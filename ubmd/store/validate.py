@@ -56,7 +56,7 @@ def validate_store(store: StructureStore) -> list[str]:
     offsets = ds["atom_offset"][:n]
     if (n_atoms < 1).any():
         out.append(f"structures {_rows(n_atoms < 1)} have n_atoms < 1")
-    expected = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
+    expected = np.cumsum(n_atoms) - n_atoms
     if not np.array_equal(offsets, expected):
         out.append(f"atom_offset not contiguous at structures {_rows(offsets != expected)}")
     if int(n_atoms.sum()) != a:
