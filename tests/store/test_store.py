@@ -266,4 +266,7 @@ def test_empty_store_and_empty_append(tmp_path: Path) -> None:
         assert res.indices.tolist() == [] and res.duplicates == []
         assert st.read_arrays()[keys.POSITIONS].shape == (0, 3)
         assert st.read_atoms() == [] and st.content_hashes().shape == (0, 16)
+        empty = {keys.NUMBERS: [], keys.POSITIONS: np.zeros((0, 3)), keys.N_ATOMS: []}
+        assert len(st.append_arrays(empty).indices) == 0
+        assert st.read_arrays(indices=[])[keys.N_ATOMS].shape == (0,)
     assert validate(path) == []

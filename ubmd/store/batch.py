@@ -141,7 +141,7 @@ def make_batch(
         if name not in arrays:
             raise ValueError(f"append_arrays needs {name!r}; got keys {sorted(arrays)}")
     n_atoms = np.asarray(arrays[keys.N_ATOMS])
-    if n_atoms.ndim != 1 or n_atoms.dtype.kind not in "iu":
+    if n_atoms.ndim != 1 or (n_atoms.size and n_atoms.dtype.kind not in "iu"):
         raise ValueError(
             f"n_atoms must be a 1-D integer array, got {n_atoms.dtype} {n_atoms.shape}"
         )
@@ -151,7 +151,7 @@ def make_batch(
     S, A = len(n_atoms), int(n_atoms.sum())
 
     numbers = _shaped(arrays[keys.NUMBERS], (A,), keys.NUMBERS)
-    if numbers.dtype.kind not in "iu":
+    if A and numbers.dtype.kind not in "iu":
         raise ValueError(f"numbers must be integers, got dtype {numbers.dtype}")
     if A and (numbers.min() < 0 or numbers.max() > 118):
         raise ValueError(f"atomic numbers must be in 0..118, got {numbers.min()}..{numbers.max()}")
