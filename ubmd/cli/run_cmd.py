@@ -33,6 +33,19 @@ def run(
     live: bool = typer.Option(
         True, "--live/--no-live", help="Live table in a terminal; plain log lines otherwise."
     ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Check both files, the labeler and the site; print the batch scripts that would be "
+        "submitted, one iteration's tasks and a core-/GPU-hour estimate. Submits nothing "
+        "(works without a scheduler, e.g. on a laptop).",
+    ),
+    costs: Path | None = typer.Option(
+        None,
+        "--costs",
+        help="With --dry-run: YAML of assumed task durations for the estimate "
+        "(fields of ubmd.pipeline.dryrun.CostModel).",
+    ),
 ) -> None:
     """Run an active-learning campaign, or resume it if its directory already exists.
 
@@ -56,6 +69,12 @@ def run(
         if updates:
             config = config.model_copy(update=updates)
         site_config = load_site(site)
+        if dry_run:
+            from ubmd.pipeline.dryrun import dry_run as do_dry_run
+            from ubmd.pipeline.dryrun import format_report, load_costs
+
+            typer.echo(format_report(do_dry_run(config, site_config, costs=load_costs(costs))))
+            return
         from ubmd.pipeline.driver import run_campaign
 
         summary = run_campaign(config, site_config, live=live)
