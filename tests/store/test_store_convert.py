@@ -33,7 +33,7 @@ def _awkward(tmp_path: Path) -> list[Atoms]:
     atoms[1].info.update(labeler_hash="1e5", sampler="biased md ü", reason="")
     atoms[2].positions[0] = [1e-300, -0.0, 1.2345678901234567e10]
     failed = Atoms("CO", positions=[[0, 0, 0], [0, 0, 1.128]])
-    failed.info.update(status="failed", reason="SCF not converged: 'x' = 3", iteration=4)
+    failed.info.update(status="failed", reason="SCF not converged:\n 'x' = 3\r\n", iteration=4)
     atoms.append(failed)
     return atoms
 

@@ -97,11 +97,12 @@ def _xyz_string(value: str) -> str:
     from ase.io.extxyz import key_val_str_to_dict
 
     quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    try:
-        if key_val_str_to_dict(f"k={quoted}").get("k") == value:
-            return quoted
-    except Exception:
-        pass
+    if "\n" not in value and "\r" not in value:  # a line break would end the comment line
+        try:
+            if key_val_str_to_dict(f"k={quoted}").get("k") == value:
+                return quoted
+        except Exception:
+            pass  # not parseable as a plain string: JSON below
     return '"_JSON ' + json.dumps(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
