@@ -8,22 +8,21 @@ import typer
 
 from ubmd.cli.errors import user_errors
 
-_TRAIN_HELP = """Train a potential (or an ensemble) on labelled structures and save it.
+_TRAIN_HELP = (
+    "Train a potential (or an ensemble) on labelled structures and save it.\n\n"
+    "DATA are extxyz files (any ASE-readable file with energies and forces) or ubmd stores "
+    "(.h5; only structures with status 'ok' are used).\n\n"
+    "Example: ubmd train data/ala2/ala2_xtb_300K.extxyz --out ala2.pt --epochs 100\n\n"
+    "Settings (loss weights, learning rate, model size, ...) can come from a YAML file "
+    "(--config) whose keys are the fields of ubmd.models.TrainConfig, e.g. "
+    "'model_options: {n_features: 32}' or 'lr: 0.005'; command-line options override it. "
+    "With --checkpoint-dir a killed run resumes when the same command is run again."
+)
 
-DATA are extxyz files (any ASE-readable file with energies and forces) or ubmd stores
-(.h5; only structures with status "ok" are used). Example:
-
-    ubmd train data/ala2/ala2_xtb_300K.extxyz --out ala2.pt --epochs 100
-
-Settings (loss weights, learning rate, model size, ...) can come from a YAML file
-(--config) whose keys are the fields of ubmd.models.TrainConfig; command-line options
-override it. A --checkpoint-dir makes a killed run resumable by re-running the command.
-"""
-
-_EVAL_HELP = """Print energy (per atom), force and stress MAE/RMSE of MODEL on DATA.
-
-Example: ubmd evaluate ala2.pt test.extxyz
-"""
+_EVAL_HELP = (
+    "Print energy (per atom), force and stress MAE/RMSE of MODEL on labelled DATA.\n\n"
+    "Example: ubmd evaluate ala2.pt test.extxyz --calibration"
+)
 
 
 def _load_config(config: Path | None, overrides: dict):
