@@ -163,3 +163,25 @@ def test_outputs_follow_contract():
         (raw * model.energy_scale[z] + model.energy_shift[z]).detach(),
         atol=1e-12,
     )
+
+
+@pytest.mark.parametrize("kind", ["molecule", "crystal", "slab"])
+def test_neighbour_list_matches_ase(kind):
+    from ase.build import fcc111
+    from ase.neighborlist import neighbor_list
+
+    if kind == "slab":  # periodic in x, y only
+        atoms = fcc111("Cu", size=(3, 3, 3), vacuum=5.0)
+        atoms.rattle(0.05, seed=1)
+    else:
+        atoms = rattled_molecule() if kind == "molecule" else rattled_crystal()
+    graph = Graph.from_atoms(atoms, cutoff=3.0)
+    i, j, shifts = neighbor_list("ijS", atoms, 3.0)
+    assert graph.edge_index.shape[1] == len(i)
+    ours = np.sort(graph.edge_vectors().norm(dim=1).numpy())
+    ref = np.linalg.norm(
+        atoms.positions[j] - atoms.positions[i] + shifts @ atoms.cell.array, axis=1
+    )
+    np.testing.assert_allclose(ours, np.sort(ref), atol=1e-12)
+    pairs = {(a, b) for a, b in graph.edge_index.T.tolist()}
+    assert pairs == set(zip(i.tolist(), j.tolist(), strict=True))
