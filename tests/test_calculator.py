@@ -16,6 +16,11 @@ from ubmd.models.builtin import PaiNN
 from ubmd.uncertainty import UncertaintyConfig, calibrate, fit_uncertainty, save_bundle
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)  # other suites share the machine
+
+
 def _painn(species, seed=0):
     torch.manual_seed(seed)
     model = PaiNN(species, cutoff=3.5, n_features=16, n_basis=8, readout_hidden=8).double()
