@@ -12,7 +12,7 @@ the final ``s_i`` (the latent feature) to one number; atomic energies are
 ``E_i = scale[Z_i] * readout(s_i) + shift[Z_i]`` with shift/scale fitted from data.
 
 All sums over neighbours use ``index_add`` (no Python loops over atoms or edges); with
-the defaults (3 layers of 32 features, 5 Å cutoff) energy and forces of alanine
+the defaults (2 layers of 32 features, 5 Å cutoff) energy and forces of alanine
 dipeptide take about 2-4 ms on one CPU core (see tests/benchmarks/model_bench.py).
 """
 
@@ -107,7 +107,7 @@ class PaiNN(Potential):
         *,
         cutoff: float = 5.0,
         n_features: int = 32,
-        n_interactions: int = 3,
+        n_interactions: int = 2,
         n_basis: int = 16,
         readout_hidden: int = 32,
     ) -> None:
