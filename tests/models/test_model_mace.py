@@ -76,6 +76,8 @@ def test_mace_trains_and_round_trips(tmp_path):
     data = emt_dataset(4)
     model, history = train_model(config, data)
     assert len(history) == 2 and np.isfinite(history[-1]["valid_loss"])
+    # message normalisation fitted from the data (Cu/Al fcc at 3.5 Å: 12 neighbours)
+    assert model.hyperparameters()["avg_num_neighbors"] == pytest.approx(12.0, abs=0.5)
     save_model(tmp_path / "mace.pt", model)
     loaded = load_model(tmp_path / "mace.pt")
     a = compute(model, model.graph(data), stress=True)

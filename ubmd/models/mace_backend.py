@@ -112,6 +112,14 @@ class MacePotential(Potential):
     def hyperparameters(self) -> dict[str, Any]:
         return dict(self._hp)
 
+    def fit_graph_statistics(self, mean_neighbours: float) -> None:
+        """Set MACE's message normalisation to the training data's mean neighbour count."""
+        if not mean_neighbours > 0:
+            raise ValueError(f"mean neighbour count must be > 0, got {mean_neighbours}")
+        self._hp["avg_num_neighbors"] = float(mean_neighbours)
+        for interaction in self.mace.interactions:
+            interaction.avg_num_neighbors = float(mean_neighbours)
+
     def forward(self, graph: Graph) -> dict[str, torch.Tensor]:
         z = self.species_index(graph.numbers)
         mace = self.mace

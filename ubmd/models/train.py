@@ -199,6 +199,9 @@ def train_model(
         if valid_arrays is not None
         else train_samples
     )
+    if hasattr(model, "fit_graph_statistics"):  # e.g. MACE's avg_num_neighbors
+        edges = sum(smp.graph.edge_index.shape[1] for smp in train_samples)
+        model.fit_graph_statistics(edges / max(1, len(arrays["numbers"])))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = _make_scheduler(optimizer, config)
     history: list[dict[str, Any]] = []
