@@ -136,3 +136,13 @@ def test_biased_explorer_with_calibrated_posterior_and_cli(potential, ala2, tmp_
         res = runner.invoke(app, [*args, "-o", str(tmp_path / "bad.h5"), "--steps", "2"])
         assert res.exit_code == 2, (args, res.output)
         assert "error:" in res.output and msg in res.output, (args, res.output)
+
+
+def test_atom_based_ensemble_bias_needs_force_graph(potential, ala2):
+    model, est = _estimator("ensemble", potential, ala2)
+    state = make_state([ala2[30]], temperature_K=None)
+    bias = BiasConfig(tau_eV=0.5, uncertainty_key=keys.ATOMIC_UNCERTAINTY)
+    with pytest.raises(ValueError, match="create_graph=True"):
+        evaluate(state, UBMDModel(model, est), stress=False, bias=bias)
+    ev = evaluate(state, UBMDModel(model, est, create_graph=True), stress=False, bias=bias)
+    assert float((ev.forces - ev.model_forces).abs().max()) > 0

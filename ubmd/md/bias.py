@@ -197,6 +197,11 @@ def evaluate(
                     f"it returned {sorted(out)}"
                 )
             u = out[bias.uncertainty_key]
+            if not u.requires_grad:
+                raise ValueError(
+                    f"{bias.uncertainty_key!r} is not differentiable w.r.t. positions here; for "
+                    "the atom-based ensemble uncertainty use UBMDModel(..., create_graph=True)"
+                )
             if u.shape[0] != R:  # atomic uncertainty: sum per replica
                 u = segment_sum(u, state.batch, R)
         pre = out.get(ENERGY_GRADS)  # energy gradients the model already took (ensembles)
@@ -221,9 +226,11 @@ def evaluate(
     detached = {k: v.detach() for k, v in out.items() if isinstance(v, torch.Tensor)}
     if u is not None and fast:
         detached["_bias_u"] = u.detach()
-        forces = -g
+        forces = -g.detach()
         return Evaluation(energy.detach(), forces, forces, zeros_r.new_zeros(R, 3, 3),
                           zeros_r.new_zeros(R, 3, 3), tau, zeros_r, detached, False)  # fmt: skip
+    g_e = [g.detach() for g in g_e]  # (ensembles may hand back graph-carrying gradients)
+    g_u = [g.detach() for g in g_u] if u is not None else None
     f_model = -g_e[0]
     vol = state.volume.clamp_min(1e-12)[:, None, None]
     if stress:

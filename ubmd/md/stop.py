@@ -2,7 +2,8 @@
 
 Checked after every force call, in this order (the first that fires is the reason):
 ``nan`` (non-finite positions, energy, forces or uncertainty), ``too_close`` (two atoms
-closer than ``min_distance_A``), ``force`` (max |F_model| above ``max_force_eV_A``),
+closer than ``min_distance_A``), ``force`` (max |F_model| above ``max_force_eV_A``; on
+single-pass biased steps the total force, see :mod:`ubmd.md.bias`),
 ``atomic_uncertainty`` / ``uncertainty`` (calibrated uncertainty above a threshold; the
 model must carry a calibration), ``max_steps``.
 """
