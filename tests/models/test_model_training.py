@@ -40,7 +40,8 @@ def test_training_is_deterministic_and_learns():
     assert_same(weights(m1), weights(m2))
     assert h1 == h2
     assert h1[-1]["train_loss"] < h1[0]["train_loss"]
-    assert {"epoch", "valid_loss", "valid_forces_rmse", "lr"} <= h1[0].keys()
+    assert {"epoch", "valid_loss", "valid_forces_rmse", "valid_stress_rmse"} <= h1[0].keys()
+    assert h1[-1]["valid_stress_rmse"] < h1[0]["valid_stress_rmse"]  # stress is fitted too
     assert m1.species == [13, 29]
     # per-species shift fitted by least squares, scale = force RMS of the training data
     assert torch.all(m1.energy_shift != 0) and torch.all(m1.energy_scale > 0)

@@ -259,6 +259,8 @@ def train_model(
                 "valid_forces_rmse": float(np.sqrt(valid["forces_mse"])),
                 "lr": float(optimizer.param_groups[0]["lr"]),
             }
+            if "stress_mse" in valid:
+                record["valid_stress_rmse"] = float(np.sqrt(valid["stress_mse"]))
             history.append(record)
             if log is not None:
                 log(record)
