@@ -150,7 +150,9 @@ class MacePotential(Potential):
             node_feats = product(node_feats=node_feats, sc=sc, node_attrs=node_attrs)
             scalars.append(node_feats[:, : self.n_channels])  # 0e channels come first
         latent = torch.cat(scalars, dim=-1)
-        hidden = self.readout[:-1](latent)
+        hidden = latent
+        for layer in list(self.readout)[:-1]:
+            hidden = layer(hidden)
         raw = self.readout[-1](hidden).squeeze(-1)
         atomic = self.scale_shift(raw, z)
         energy = torch.zeros(graph.n_structures, dtype=atomic.dtype, device=atomic.device)

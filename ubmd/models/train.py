@@ -44,7 +44,7 @@ class TrainConfig:
     lr_factor: float = 0.5  # plateau: multiply lr by this
     lr_patience: int = 10  # plateau: epochs without improvement before reducing
     min_lr: float = 1e-5
-    valid_fraction: float = 0.1
+    valid_fraction: float = 0.1  # held out for early stopping (0: validate on training data)
     seed: int = 0
     device: str | None = None  # None: "cuda" if available else "cpu"
     dtype: str = "float32"
