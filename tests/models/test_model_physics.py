@@ -185,3 +185,24 @@ def test_neighbour_list_matches_ase(kind):
     np.testing.assert_allclose(ours, np.sort(ref), atol=1e-12)
     pairs = {(a, b) for a, b in graph.edge_index.T.tolist()}
     assert pairs == set(zip(i.tolist(), j.tolist(), strict=True))
+
+
+def test_graph_input_errors():
+    from ase import Atoms
+
+    good = {keys.NUMBERS: [1, 1], keys.POSITIONS: [[0, 0, 0], [0, 0, 0.7]], keys.N_ATOMS: [2]}
+    assert Graph.from_arrays(good, cutoff=2.0).edge_index.shape == (2, 2)
+    with pytest.raises(ValueError, match="inconsistent sizes"):
+        Graph.from_arrays({**good, keys.N_ATOMS: [3]}, cutoff=2.0)
+    with pytest.raises(ValueError, match="NaN"):
+        Graph.from_arrays({**good, keys.POSITIONS: [[0, 0, 0], [0, 0, np.nan]]}, cutoff=2.0)
+    with pytest.raises(ValueError, match="need the key 'positions'"):
+        Graph.from_arrays({keys.NUMBERS: [1], keys.N_ATOMS: [1]}, cutoff=2.0)
+    with pytest.raises(ValueError, match="cutoff must be > 0"):
+        Graph.from_arrays(good, cutoff=0.0)
+    with pytest.raises(ValueError, match="non-singular cell"):
+        Graph.from_atoms(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7]], pbc=True), cutoff=2.0)
+    with pytest.raises(ValueError, match="dtype must be"):
+        Graph.from_arrays(good, cutoff=2.0, dtype="float16")
+    with pytest.raises(ValueError, match="empty list"):
+        Graph.from_atoms([], cutoff=2.0)
