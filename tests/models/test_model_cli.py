@@ -31,7 +31,7 @@ def test_train_then_evaluate(tmp_path):
         app, [*args, "--config", str(tmp_path / "train.yaml"), "--ensemble", "2"]
     )
     assert result.exit_code == 0, result.output
-    assert "wrote" in result.output and "member 1" in result.output
+    assert "wrote" in result.output and "member 1  epoch    1" in result.output
     model = load_model(out)
     assert len(model.members) == 2 and model.members[0].hyperparameters()["n_features"] == 8
 

@@ -79,8 +79,9 @@ def train(
 
         def log(record: dict) -> None:
             if not quiet:
+                member = f"member {record['member']}  " if "member" in record else ""
                 console.print(
-                    f"epoch {record['epoch']:4d}  train {record['train_loss']:.4g}  "
+                    f"{member}epoch {record['epoch']:4d}  train {record['train_loss']:.4g}  "
                     f"valid {record['valid_loss']:.4g}  F-RMSE {record['valid_forces_rmse']:.4f} eV/Å  "
                     f"lr {record['lr']:.2g}",
                     highlight=False,
@@ -90,7 +91,7 @@ def train(
             net, history = train_model(cfg, arrays, valid_data=valid_data, checkpoint_dir=checkpoint_dir, log=log)  # fmt: skip
             histories = [history]
         else:
-            net, histories = train_ensemble(cfg, arrays, ensemble, valid_data=valid_data, checkpoint_dir=checkpoint_dir)  # fmt: skip
+            net, histories = train_ensemble(cfg, arrays, ensemble, valid_data=valid_data, checkpoint_dir=checkpoint_dir, log=log)  # fmt: skip
         out.parent.mkdir(parents=True, exist_ok=True)
         save_model(out, net, extra={"train_config": {k: str(v) for k, v in cfg.to_dict().items()}})
         best = [min(h, key=lambda r: r["valid_loss"]) for h in histories]

@@ -326,13 +326,20 @@ def train_member(
     *,
     valid_data: Any = None,
     checkpoint_dir: str | os.PathLike | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Potential, list[dict[str, Any]]]:
-    """Train ensemble member ``member_index`` (seed ``config.seed + member_index``) alone."""
+    """Train ensemble member ``member_index`` (seed ``config.seed + member_index``) alone.
+
+    Checkpoints go to ``checkpoint_dir/member_<index>``; ``log`` records carry ``"member"``.
+    """
     if not (isinstance(member_index, int) and member_index >= 0):
         raise ValueError(f"member_index must be an integer >= 0, got {member_index!r}")
     member_config = dataclasses.replace(config, seed=config.seed + member_index)
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / f"member_{member_index}"
-    return train_model(member_config, data, valid_data=valid_data, checkpoint_dir=ckpt)
+    member_log = None if log is None else (lambda r: log({**r, "member": member_index}))
+    return train_model(
+        member_config, data, valid_data=valid_data, checkpoint_dir=ckpt, log=member_log
+    )
 
 
 def train_ensemble(
@@ -342,6 +349,7 @@ def train_ensemble(
     *,
     valid_data: Any = None,
     checkpoint_dir: str | os.PathLike | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
 ):
     """Train ``n_members`` members one after another; returns (Ensemble, histories)."""
     from ubmd.models.ensemble import Ensemble
@@ -350,7 +358,9 @@ def train_ensemble(
         raise ValueError(f"n_members must be an integer >= 2, got {n_members!r}")
     arrays = mdata.labelled_arrays(data)  # read/validate once
     results = [
-        train_member(config, arrays, m, valid_data=valid_data, checkpoint_dir=checkpoint_dir)
+        train_member(
+            config, arrays, m, valid_data=valid_data, checkpoint_dir=checkpoint_dir, log=log
+        )
         for m in range(n_members)
     ]
     return Ensemble([r[0] for r in results]), [r[1] for r in results]
