@@ -9,6 +9,7 @@ start() {
   command -v slurmctld >/dev/null && command -v munged >/dev/null || {
     echo "slurmctld/munged not installed (apt-get install slurm-wlm munge)" >&2; exit 3; }
   mkdir -p "$D"/{state,spool,munge} /run/munge
+  chmod 755 "$D"
   chown munge:munge "$D/munge" /run/munge
   [ -s /etc/munge/munge.key ] || mungekey --create --force
   chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key
@@ -45,6 +46,8 @@ EOF
     --log-file="$D/munge/munged.log" --seed-file="$D/munge/munged.seed" >"$D/munged.out" 2>&1 &
   echo $! > "$D/munged.bgpid"
   for _ in $(seq 50); do munge -n </dev/null >/dev/null 2>&1 && break; sleep 0.1; done
+  munge -n </dev/null >/dev/null || { echo "munged did not start (the munge user must be able"\
+    "to reach $D/munge); see $D/munged.out" >&2; exit 4; }
   slurmctld -D >"$D/slurmctld.out" 2>&1 & echo $! > "$D/slurmctld.bgpid"
   slurmd -D -N localhost >"$D/slurmd.out" 2>&1 & echo $! > "$D/slurmd.bgpid"
   for _ in $(seq 150); do sinfo -h -o %t 2>/dev/null | grep -q idle && break; sleep 0.2; done

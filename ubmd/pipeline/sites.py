@@ -57,6 +57,8 @@ class ExecutorSpec(_Strict):
     # longest task expected on this executor: workers stop taking tasks once less than this is
     # left of the block's walltime (parsl's drain_period); None = take tasks until killed
     max_task_minutes: float | None = Field(None, gt=0)
+    # a worker pool silent this long is lost (e.g. its block was cancelled): its tasks are retried
+    heartbeat_threshold_s: int = Field(30, ge=2)
 
     @field_validator("walltime")
     @classmethod
@@ -173,8 +175,8 @@ def make_config(site: SiteConfig, run_dir: str | os.PathLike[str]) -> Any:
                 cores_per_worker=spec.cores_per_worker,
                 available_accelerators=spec.available_accelerators,
                 drain_period=spec.drain_period_s(),
-                heartbeat_period=5,
-                heartbeat_threshold=30,
+                heartbeat_period=max(1, min(5, spec.heartbeat_threshold_s // 3)),
+                heartbeat_threshold=spec.heartbeat_threshold_s,
                 poll_period=10,
                 worker_logdir_root=str(Path(run_dir) / "worker_logs"),
             )

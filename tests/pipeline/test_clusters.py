@@ -1,0 +1,331 @@
+"""Clusters: the shrunk quickstart on a real one-node SLURM (SlurmProvider, and TorqueProvider on
+the slurm-wlm-torque qsub/qstat wrappers), a cancelled block's tasks retried with nothing lost,
+one GPU per worker, and the dry run with no scheduler on PATH."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ubmd import keys
+from ubmd.store import StructureStore
+
+pytestmark = pytest.mark.timeout(600)
+
+HERE = Path(__file__).resolve().parent
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """A one-node SLURM (partitions gpu and cpu on localhost) for this module; stopped after."""
+    if _which("slurmctld") is None or _which("munged") is None:
+        pytest.skip("slurmctld/munged not installed (apt-get install slurm-wlm munge)")
+    # not under pytest's tmp folder: munged runs as user "munge" and must reach its folder
+    state = Path(tempfile.mkdtemp(prefix="ubmd-slurm-"))
+    state.chmod(0o755)
+    env = {**os.environ, "SLURM_LOCAL_DIR": str(state)}
+    env["PATH"] = env["PATH"] + ":/usr/sbin:/sbin"
+    script = HERE / "slurm_local.sh"
+    res = subprocess.run(["bash", str(script), "start"], env=env, capture_output=True, text=True)
+    try:
+        assert res.returncode == 0, res.stdout + res.stderr
+        yield {**env, "SLURM_CONF": str(state / "slurm.conf"), "OMP_NUM_THREADS": "1"}
+    finally:
+        conf = {**env, "SLURM_CONF": str(state / "slurm.conf")}
+        # every job of this private cluster is ours
+        subprocess.run(["scancel", "--partition=gpu,cpu"], env=conf, capture_output=True)
+        subprocess.run(["bash", str(script), "stop"], env=env, capture_output=True)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _site(tmp_path: Path, provider: str, **extra) -> Path:
+    """Train/explore/select on partition "gpu" (two fake GPUs: CPU fallback), labels on "cpu"."""
+    where = "partition" if provider == "slurm" else "queue"
+    common = {
+        "provider": provider,
+        "walltime": "00:20:00",
+        "max_workers_per_node": 2,
+        "cores_per_worker": 1,
+        "max_task_minutes": 5,
+        "heartbeat_threshold_s": 6,
+        **extra,
+    }
+    data = {
+        "name": f"{provider}_test",
+        "executors": {
+            # no GPU on this node: workers still get CUDA_VISIBLE_DEVICES 0/1 and run on CPU
+            "gpu": {**common, where: "gpu", "available_accelerators": 2},
+            "cpu": {**common, where: "cpu", "mpi_command": "srun -n 1"},
+        },
+        "roles": {"train": "gpu", "explore": "gpu", "select": "gpu", "label": "cpu"},
+        "retries": 2,
+        "strategy_period_s": 1.0,
+    }
+    path = tmp_path / f"{provider}_site.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _cli(config: Path, site: Path | str, env: dict, *args: str) -> list[str]:
+    return [
+        sys.executable, "-m", "ubmd.cli", "run", str(config), "--site", str(site),
+        "--no-live", *args,
+    ]  # fmt: skip
+
+
+def _counts(store_path: Path) -> dict[tuple[int, str], int]:
+    """(iteration, status) -> number of structures; asserts no structure is stored twice."""
+    with StructureStore.open(store_path, mode="r") as store:
+        arrays = store.read_arrays()
+        hashes = [h.tobytes() for h in store.content_hashes()]
+    assert len(set(hashes)) == len(hashes), "a structure is stored twice"
+    out: dict[tuple[int, str], int] = {}
+    for it, status in zip(arrays[keys.ITERATION], arrays[keys.STATUS], strict=True):
+        out[(int(it), str(status))] = out.get((int(it), str(status)), 0) + 1
+    return out
+
+
+EXPECTED = {(0, "ok"): 10, (1, "ok"): 3}  # the shrunk quickstart, one iteration
+
+
+def _scripts(root: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted((root / "parsl").rglob("submit_scripts/*")))
+
+
+def test_quickstart_on_slurm(slurm, tmp_path, shrunk):
+    config = shrunk(name="on_slurm")
+    root = Path(yaml.safe_load(config.read_text())["directory"])
+    res = subprocess.run(
+        _cli(config, _site(tmp_path, "slurm"), slurm), env=slurm, capture_output=True,
+        text=True, timeout=400,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert _counts(root / "store.h5") == EXPECTED
+    scripts = _scripts(root)
+    assert "#SBATCH --partition=gpu" in scripts and "#SBATCH --partition=cpu" in scripts
+    assert "--available-accelerators 0 1" in scripts and "--drain_period=900" in scripts
+    log = "\n".join(p.read_text() for p in (root / "parsl").rglob("parsl.log"))
+    assert "sbatch" in log
+
+
+def test_quickstart_on_torque_wrappers(slurm, tmp_path, shrunk):
+    if shutil.which("qsub") is None or shutil.which("qstat") is None:
+        pytest.skip("qsub/qstat (slurm-wlm-torque) not installed")
+    config = shrunk(name="on_torque")
+    root = Path(yaml.safe_load(config.read_text())["directory"])
+    site = _site(tmp_path, "torque", cores_per_node=2)
+    res = subprocess.run(
+        _cli(config, site, slurm), env=slurm, capture_output=True, text=True, timeout=400
+    )
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert _counts(root / "store.h5") == EXPECTED
+    scripts = _scripts(root)
+    assert "#PBS -l nodes=1:ppn=2" in scripts and "#PBS -l walltime=00:20:00" in scripts
+    log = "\n".join(p.read_text() for p in (root / "parsl").rglob("parsl.log"))
+    # submitted with qsub, cleaned up with qdel (qstat is polled only every 60 s)
+    assert re.search(r"qsub\s+-q gpu", log) and re.search(r"qdel \d+", log)
+
+
+def _jobs(env: dict, partition: str) -> list[str]:
+    res = subprocess.run(
+        ["squeue", "-h", "-p", partition, "-t", "RUNNING", "-o", "%i"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    return res.stdout.split()
+
+
+def test_cancelled_block_is_retried_and_nothing_lost(slurm, tmp_path, shrunk):
+    config = shrunk(name="scancel")
+    data = yaml.safe_load(config.read_text())
+    data["model"]["training"].update(max_epochs=150, patience=150)  # long enough to be hit
+    config.write_text(yaml.safe_dump(data))
+    root = Path(data["directory"])
+    proc = subprocess.Popen(
+        _cli(config, _site(tmp_path, "slurm"), slurm), env=slurm,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        t0 = time.monotonic()  # training of iteration 1 runs once its model folder appears
+        while not (root / "iter_001" / "models").is_dir():
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() - t0 < 300, "training never started"
+            time.sleep(0.1)
+        jobs = _jobs(slurm, "gpu")
+        assert jobs, "no running block on partition gpu"
+        time.sleep(1.0)
+        subprocess.run(["scancel", *jobs], env=slurm, check=True)
+        assert not (root / "iter_001" / "model.pt").exists(), "iteration finished before scancel"
+        assert proc.wait(timeout=400) == 0, proc.stderr.read()[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = "\n".join(p.read_text(errors="replace") for p in (root / "parsl").rglob("parsl.log"))
+    assert "fail_count" in log or "retry" in log.lower(), "no retry recorded in the parsl log"
+    # a second block served the retried training task
+    assert len(list((root / "parsl").rglob("submit_scripts/parsl.gpu.block-1.*.stdout"))) >= 1
+    assert _counts(root / "store.h5") == EXPECTED
+
+
+def test_one_gpu_per_worker_and_cpu_fallback(tmp_path):
+    """available_accelerators on a node without GPUs: each worker gets its own
+    CUDA_VISIBLE_DEVICES and device "auto" resolves to CPU, so campaigns still run."""
+    import parsl
+
+    from ubmd.pipeline.sites import SiteConfig, make_config
+
+    spec = {"max_workers_per_node": 4, "available_accelerators": ["0", "1"]}
+    site = SiteConfig(
+        name="gpus", executors={"g": spec}, roles=dict.fromkeys(("train", "explore", "select", "label"), "g")
+    )  # fmt: skip
+    # an importable function as the app (workers cannot import this test module): a child
+    # Python reports what the worker's environment gives it, and its worker's pid
+    code = (
+        "import os, time; from ubmd.campaign.common import resolve_device; time.sleep(1.0); "
+        "print(os.environ.get('CUDA_VISIBLE_DEVICES', ''), os.getppid(), resolve_device('auto'))"
+    )
+    dfk = parsl.load(make_config(site, tmp_path))
+    try:
+        app = parsl.python_app(subprocess.check_output, executors=["g"])
+        futures = [app([sys.executable, "-c", code], text=True) for _ in range(2)]
+        results = [f.result(timeout=120).split() for f in futures]
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+    assert {r[0] for r in results} == {"0", "1"}  # two workers (one per GPU), each its own
+    assert len({r[1] for r in results}) == 2
+    assert {r[2] for r in results} == {"cpu"}
+
+
+# ------------------------------------------------------------------ dry run, no scheduler
+@pytest.fixture
+def no_scheduler(tmp_path, monkeypatch):
+    """PATH holding only this Python: no sbatch, qsub, srun, mpiexec."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    for exe in ("sbatch", "qsub", "srun", "mpiexec"):
+        assert shutil.which(exe) is None
+    return bin_dir
+
+
+def test_dry_run_every_shipped_site_without_scheduler(no_scheduler, shrunk):
+    from typer.testing import CliRunner
+
+    from ubmd.cli import _register_all, app
+    from ubmd.pipeline.sites import SITE_DIR
+
+    config = shrunk(name="dry")
+    root = Path(yaml.safe_load(config.read_text())["directory"])
+    _register_all()
+    for site in sorted(SITE_DIR.glob("*.yaml")):
+        res = CliRunner().invoke(app, ["run", str(config), "--site", str(site), "--dry-run"])
+        assert res.exit_code == 0, f"{site.name}: {res.output}"
+        out = res.output
+        assert "nothing was submitted" in out and "== estimate" in out
+        assert re.search(r"label\s+x3\s+on \w+", out)  # selection.batch_size label tasks
+        if "local" not in site.stem:
+            assert "not found: not a login node" in out
+            submit = "sbatch" if "slurm" in site.stem else "qsub"
+            assert f"would run `{submit} " in out and "process_worker_pool.py" in out
+        assert not root.exists(), f"{site.name}: the dry run created the campaign directory"
+
+
+def test_dry_run_pbspro_script_line_by_line(no_scheduler, shrunk):
+    from ubmd.campaign.config import load_campaign
+    from ubmd.pipeline.dryrun import WORKER_PORT, render_batch_scripts
+    from ubmd.pipeline.sites import load_site
+
+    config = load_campaign(shrunk(name="pbs"))
+    scripts = {s.executor: s for s in render_batch_scripts(config, load_site("pbspro_example"))}
+    cpu = scripts["cpu"]
+    name = Path(cpu.script_path).name
+    assert re.fullmatch(r"parsl\.cpu\.block-0\.[0-9.]+", name)
+    sdir = config.campaign_dir / "parsl" / "runinfo" / "000" / "submit_scripts"
+    assert cpu.submit_command == f"qsub  -q workq -A my_project {sdir / name}"
+    lines = cpu.script.splitlines()
+    pool = next(i for i, line in enumerate(lines) if line.startswith("process_worker_pool.py"))
+    expected_head = [
+        "#!/bin/bash",
+        "",
+        "#PBS -S /bin/bash",
+        f"#PBS -N {name}",
+        "#PBS -m n",
+        "#PBS -l walltime=12:00:00",
+        "#PBS -l select=1:ncpus=128:mpiprocs=128",
+        f"#PBS -o {sdir / name}.stdout",
+        f"#PBS -e {sdir / name}.stderr",
+        "",
+        "",
+        "module load cp2k",
+        "source $HOME/venvs/ubmd/bin/activate",
+        "",
+        "",
+        f'export JOBNAME="{name}"',
+        "",
+        "set -e",
+        "export CORES=$(getconf _NPROCESSORS_ONLN)",
+    ]
+    assert lines[: len(expected_head)] == expected_head
+    args = lines[pool].split()
+    assert args[:2] == ["process_worker_pool.py", "--max_workers_per_node=4"]
+    assert f"--port={WORKER_PORT}" in args and "--drain_period=40500" in args
+    assert args[args.index("-c") : args.index("-c") + 2] == ["-c", "32.0"]
+    assert f"--logdir={config.campaign_dir / 'parsl' / 'worker_logs' / 'cpu'}" in args
+    assert lines[pool + 1 :][:3] == ["}", "for COUNT in $(seq 1 1 $WORKERCOUNT); do",
+                                     '    [[ "1" == "1" ]] && echo "Launching worker: $COUNT"']  # fmt: skip
+    gpu = scripts["gpu"].script.splitlines()
+    assert "#PBS -l select=1:ncpus=32:ngpus=4" in gpu
+    assert any(line.endswith("--available-accelerators 0 1 2 3") for line in gpu)
+    assert not config.campaign_dir.exists()
+
+
+def test_dry_run_hands_mpi_prefix_to_cp2k_and_checks_basis(no_scheduler, shrunk):
+    """A labeler that takes a launcher gets the site's mpi_command; CP2K's check (executable,
+    basis and potential files) runs in the dry run."""
+    from ubmd.campaign.config import load_campaign
+    from ubmd.campaign.labels import labeler_settings
+
+    config = load_campaign(shrunk(name="mpi"))
+    cp2k = config.model_copy(update={"labeler": config.labeler.model_copy(update={"name": "cp2k"})})
+    assert labeler_settings(cp2k, launcher="srun -n 32")["launcher"] == "srun -n 32"
+    assert "launcher" not in labeler_settings(config, launcher="srun -n 32")  # xtb takes none
+    own = cp2k.model_copy(
+        update={"labeler": cp2k.labeler.model_copy(update={"settings": {"launcher": "mpirun"}})}
+    )
+    assert labeler_settings(own, launcher="srun -n 32")["launcher"] == "mpirun"
+    from ubmd.pipeline.dryrun import dry_run
+    from ubmd.pipeline.sites import load_site
+    from ubmd.strict import ConfigError
+
+    exe = shutil.which("cp2k.psmp", path=os.defpath + ":/usr/bin:/usr/local/bin")
+    if exe is None:
+        pytest.skip("cp2k.psmp not installed")
+    settings = {"command": exe, "data_dir": str(no_scheduler)}  # no BASIS_MOLOPT there
+    bad = cp2k.model_copy(
+        update={"labeler": cp2k.labeler.model_copy(update={"settings": settings})}
+    )
+    with pytest.raises(ConfigError, match="BASIS_MOLOPT"):
+        dry_run(bad, load_site("slurm_example"))
+    good = cp2k.model_copy(
+        update={"labeler": cp2k.labeler.model_copy(update={"settings": {"command": exe}})}
+    )
+    from ubmd.pipeline.dryrun import format_report
+
+    out = format_report(dry_run(good, load_site("slurm_example")))
+    assert "labels run as 'srun -n 32' + the labeler's command" in out
+    assert "srun not on this machine's PATH" in out
