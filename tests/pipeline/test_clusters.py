@@ -150,7 +150,7 @@ def _jobs(env: dict, partition: str) -> list[str]:
 def test_cancelled_block_is_retried_and_nothing_lost(slurm, tmp_path, shrunk):
     config = shrunk(name="scancel")
     data = yaml.safe_load(config.read_text())
-    data["model"]["training"].update(max_epochs=150, patience=150)  # long enough to be hit
+    data["model"]["training"].update(max_epochs=80, patience=80)  # long enough to be hit
     config.write_text(yaml.safe_dump(data))
     root = Path(data["directory"])
     proc = subprocess.Popen(

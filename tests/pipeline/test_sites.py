@@ -63,3 +63,58 @@ def test_bad_walltime_and_unknown_site(tmp_path):
         load_site(_write(tmp_path, data))
     with pytest.raises(FileNotFoundError, match="local"):
         load_site("no-such-site")
+
+
+def _cluster(tmp_path: Path, **spec) -> Path:
+    data = {
+        "name": "c",
+        "executors": {"x": {"provider": "slurm", "walltime": "01:00:00", **spec}},
+        "roles": dict.fromkeys(("train", "explore", "select", "label"), "x"),
+    }
+    return _write(tmp_path, data)
+
+
+def test_drain_period_is_walltime_minus_longest_task(tmp_path):
+    site = load_site(_cluster(tmp_path, max_task_minutes=15))
+    assert site.executors["x"].drain_period_s() == 45 * 60
+    (executor,) = make_config(site, tmp_path).executors
+    assert executor.drain_period == 45 * 60
+    # no limit given, or a local executor: workers never drain
+    assert load_site(_cluster(tmp_path)).executors["x"].drain_period_s() is None
+    local = make_config(load_site("local"), tmp_path).executors[0]
+    assert local.drain_period is None
+    with pytest.raises(ConfigError, match="max_task_minutes = 60.*01:00:00"):
+        load_site(_cluster(tmp_path, max_task_minutes=60))
+
+
+def test_gpus_need_one_worker_each(tmp_path):
+    with pytest.raises(ConfigError, match="available_accelerators: 4"):
+        load_site(_cluster(tmp_path, gpus_per_node=4))
+    site = load_site(
+        _cluster(tmp_path, gpus_per_node=4, available_accelerators=4, max_workers_per_node=16)
+    )
+    (executor,) = make_config(site, tmp_path).executors
+    assert executor.available_accelerators == ["0", "1", "2", "3"]
+    assert site.executors["x"].workers_per_node() == 4
+    assert executor.provider.gpus_per_node == 4
+
+
+def test_blocks_must_fit_max_blocks(tmp_path):
+    with pytest.raises(ConfigError, match="min_blocks <= max_blocks"):
+        load_site(_cluster(tmp_path, min_blocks=3, max_blocks=2))
+
+
+def test_torque_block_asks_for_all_cores_but_starts_one_pool(tmp_path):
+    data = yaml.safe_load(_cluster(tmp_path).read_text())
+    data["executors"]["x"].update(provider="torque", cores_per_node=8, queue="batch")
+    site = load_site(_write(tmp_path, data))
+    provider = make_config(site, tmp_path).executors[0].provider
+    provider.script_dir = str(tmp_path)
+    commands = []
+    provider.execute_wait = lambda cmd, timeout=None: (commands.append(cmd), (0, "7.srv", ""))[1]
+    assert provider.submit("echo pool", 1, "blk") == "7.srv"
+    (script,) = tmp_path.glob("parsl.blk.*.submit")
+    text = script.read_text()
+    assert "#PBS -l nodes=1:ppn=8" in text
+    assert "WORKERCOUNT=1" in text  # one worker pool per node, not eight
+    assert commands == [f"qsub  -q batch {script}"]
