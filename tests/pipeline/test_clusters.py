@@ -329,3 +329,27 @@ def test_dry_run_hands_mpi_prefix_to_cp2k_and_checks_basis(no_scheduler, shrunk)
     out = format_report(dry_run(good, load_site("slurm_example")))
     assert "labels run as 'srun -n 32' + the labeler's command" in out
     assert "srun not on this machine's PATH" in out
+
+
+def test_label_task_works_in_the_sites_scratch_dir(tmp_path, shrunk, monkeypatch):
+    """scratch_dir ($VARS expanded where the task runs) holds the labeler's working directory."""
+    from ubmd.campaign.config import load_campaign
+    from ubmd.campaign.labels import label_task, write_initial_selection
+    from ubmd.campaign.layout import CampaignLayout
+
+    config = load_campaign(
+        shrunk(name="scratch", labeler={"name": "emt", "settings": {"allow_fun_elements": True}})
+    )
+    layout = CampaignLayout(config.campaign_dir)
+    selection = layout.selection(0)
+    selection.parent.mkdir(parents=True)
+    write_initial_selection(config, selection)
+    monkeypatch.setenv("UBMD_TEST_SCRATCH", str(tmp_path / "fast"))
+    workdir = layout.label_workdir(0, 1)
+    out = label_task(
+        config.model_dump(mode="json"), str(selection), 1, 0, str(layout.label(0, 1)),
+        str(workdir), launcher="mpiexec -n 4", scratch_dir="$UBMD_TEST_SCRATCH/ubmd",
+    )  # fmt: skip
+    assert out["status"] == "ok"
+    assert layout.label(0, 1).is_file() and not workdir.exists()
+    assert (tmp_path / "fast" / "ubmd" / "scratch" / "iter_000" / "labels" / workdir.name).is_dir()

@@ -112,9 +112,11 @@ def label_task(
     atoms = read_frames(selection)[index]
     labeler = make_labeler(config.labeler.name, **labeler_settings(config, launcher=launcher))
     if scratch_dir:
-        work = Path(workdir)
-        root = Path(os.path.expandvars(os.path.expanduser(scratch_dir)))
-        workdir = str(root / config.name / work.parent.name / work.name)
+        work, root = Path(workdir), Path(os.path.expandvars(os.path.expanduser(scratch_dir)))
+        inside = work.is_relative_to(config.campaign_dir)  # mirror the campaign's layout
+        workdir = str(
+            root / config.name / (work.relative_to(config.campaign_dir) if inside else work.name)
+        )
     shutil.rmtree(workdir, ignore_errors=True)  # a retried task starts clean
     result = label_with_retries(
         labeler,
