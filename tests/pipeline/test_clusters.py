@@ -353,3 +353,24 @@ def test_label_task_works_in_the_sites_scratch_dir(tmp_path, shrunk, monkeypatch
     assert out["status"] == "ok"
     assert layout.label(0, 1).is_file() and not workdir.exists()
     assert (tmp_path / "fast" / "ubmd" / "scratch" / "iter_000" / "labels" / workdir.name).is_dir()
+
+
+def test_dry_run_estimate_follows_the_cost_model(tmp_path, shrunk):
+    from ubmd.campaign.config import load_campaign
+    from ubmd.pipeline.dryrun import dry_run, load_costs
+    from ubmd.pipeline.sites import load_site
+    from ubmd.strict import ConfigError
+
+    config = load_campaign(shrunk(name="costs"))
+    site = load_site("slurm_example")
+    costs = tmp_path / "costs.yaml"
+    costs.write_text("label_minutes: {xtb: 60.0}\ntrain_s_per_epoch_per_100_structures: 1.0\n")
+    slow = "\n".join(dry_run(config, site, costs=load_costs(costs)).estimate)
+    fast = "\n".join(dry_run(config, site).estimate)
+    core_h = [float(re.search(r"([0-9.]+) core-hours", t).group(1)) for t in (slow, fast)]
+    # 13 labels x 1 h x 32 cores per label worker dominate the slow model
+    assert core_h[0] > 13 * 32 * 0.99 and core_h[1] < 13 * 32 * 0.1
+    assert "60 min per xtb label" in slow
+    costs.write_text("label_minute: {xtb: 1}\n")
+    with pytest.raises(ConfigError, match="label_minute.*label_minutes"):
+        load_costs(costs)
