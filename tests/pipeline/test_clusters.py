@@ -61,6 +61,7 @@ def _site(tmp_path: Path, provider: str, **extra) -> Path:
         "cores_per_worker": 1,
         "max_task_minutes": 5,
         "heartbeat_threshold_s": 6,
+        "status_poll_s": 3,  # notice a cancelled block within seconds (parsl's default: 60)
         **extra,
     }
     data = {
@@ -178,6 +179,34 @@ def test_cancelled_block_is_retried_and_nothing_lost(slurm, tmp_path, shrunk):
     # a second block served the retried training task
     assert len(list((root / "parsl").rglob("submit_scripts/parsl.gpu.block-1.*.stdout"))) >= 1
     assert _counts(root / "store.h5") == EXPECTED
+
+
+def test_block_drains_before_walltime_and_a_new_block_takes_the_rest(slurm, tmp_path, monkeypatch):
+    """walltime 60 s, max_task_minutes 0.75: the block's worker takes no task after 15 s, so of
+    four 6-s tasks on one worker the fourth runs in a second block, not the first one."""
+    import parsl
+
+    from ubmd.pipeline.sites import SiteConfig, make_config
+
+    for key in ("SLURM_CONF", "PATH"):
+        monkeypatch.setenv(key, slurm[key])
+    spec = {
+        "provider": "slurm", "partition": "cpu", "walltime": "00:01:00", "max_task_minutes": 0.75,
+        "max_workers_per_node": 1, "status_poll_s": 2, "heartbeat_threshold_s": 6,
+    }  # fmt: skip
+    roles = dict.fromkeys(("train", "explore", "select", "label"), "c")
+    site = SiteConfig(name="drain", executors={"c": spec}, roles=roles)
+    code = "import os, time; time.sleep(6); print(os.environ['SLURM_JOB_ID'])"
+    dfk = parsl.load(make_config(site, tmp_path))
+    try:
+        app = parsl.python_app(subprocess.check_output, executors=["c"])
+        futures = [app([sys.executable, "-c", code], text=True) for _ in range(4)]
+        jobs = [f.result(timeout=300).strip() for f in futures]
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+    assert len(set(jobs)) == 2, jobs
+    assert jobs[0] == jobs[1] != jobs[3]  # the first block ran tasks, then drained
 
 
 def test_one_gpu_per_worker_and_cpu_fallback(tmp_path):

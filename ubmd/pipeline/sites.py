@@ -59,6 +59,9 @@ class ExecutorSpec(_Strict):
     max_task_minutes: float | None = Field(None, gt=0)
     # a worker pool silent this long is lost (e.g. its block was cancelled): its tasks are retried
     heartbeat_threshold_s: int = Field(30, ge=2)
+    # how often the scheduler is asked about blocks (a block that ended is only replaced after
+    # this); None = parsl's default (60 s for SLURM, PBS Pro and Torque)
+    status_poll_s: int | None = Field(None, ge=1)
 
     @field_validator("walltime")
     @classmethod
@@ -170,7 +173,9 @@ def make_config(site: SiteConfig, run_dir: str | os.PathLike[str]) -> Any:
         executors.append(
             HighThroughputExecutor(
                 label=label,
-                provider=_provider(spec),
+                provider=_poll_every(_provider(spec), spec.status_poll_s)
+                if spec.status_poll_s
+                else _provider(spec),
                 max_workers_per_node=spec.workers_per_node(),
                 cores_per_worker=spec.cores_per_worker,
                 available_accelerators=spec.available_accelerators,
@@ -189,6 +194,18 @@ def make_config(site: SiteConfig, run_dir: str | os.PathLike[str]) -> Any:
         max_idletime=30.0,
         initialize_logging=True,
     )
+
+
+def _poll_every(provider: Any, seconds: int) -> Any:
+    """``provider`` with its scheduler status poll every ``seconds`` (a read-only property in
+    parsl's providers, hence a one-off subclass)."""
+    base = type(provider)
+    attrs = {
+        "status_polling_interval": property(lambda self: seconds),
+        "__module__": base.__module__,
+    }
+    provider.__class__ = type(base.__name__, (base,), attrs)
+    return provider
 
 
 def _launcher(spec: ExecutorSpec) -> Any:
