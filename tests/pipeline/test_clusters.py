@@ -209,6 +209,36 @@ def test_block_drains_before_walltime_and_a_new_block_takes_the_rest(slurm, tmp_
     assert jobs[0] == jobs[1] != jobs[3]  # the first block ran tasks, then drained
 
 
+def test_mpi_prefix_runs_inside_a_label_block(slurm, tmp_path, monkeypatch):
+    """The example configs' recipe: the label block owns N task slots (scheduler_options), and a
+    task started by its worker runs `mpi_command` (here srun -n 2) inside that allocation."""
+    import shlex
+
+    import parsl
+
+    from ubmd.pipeline.sites import SiteConfig, make_config
+
+    for key in ("SLURM_CONF", "PATH"):
+        monkeypatch.setenv(key, slurm[key])
+    spec = {
+        "provider": "slurm", "partition": "cpu", "max_workers_per_node": 1,
+        "scheduler_options": "#SBATCH --ntasks-per-node=2", "mpi_command": "srun -n 2",
+    }  # fmt: skip
+    roles = dict.fromkeys(("train", "explore", "select", "label"), "m")
+    site = SiteConfig(name="mpi", executors={"m": spec}, roles=roles)
+    rank = "import os; print(os.environ['SLURM_PROCID'], os.environ['SLURM_JOB_ID'])"
+    dfk = parsl.load(make_config(site, tmp_path))
+    try:
+        app = parsl.python_app(subprocess.check_output, executors=["m"])
+        argv = [*shlex.split(site.executors["m"].mpi_command), sys.executable, "-c", rank]
+        lines = app(argv, text=True).result(timeout=120).split("\n")
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+    ranks = sorted(line.split() for line in lines if line.strip())
+    assert [r[0] for r in ranks] == ["0", "1"] and ranks[0][1] == ranks[1][1]
+
+
 def test_one_gpu_per_worker_and_cpu_fallback(tmp_path):
     """available_accelerators on a node without GPUs: each worker gets its own
     CUDA_VISIBLE_DEVICES and device "auto" resolves to CPU, so campaigns still run."""
