@@ -22,6 +22,9 @@ from ubmd.store import StructureStore
 pytestmark = pytest.mark.timeout(600)
 
 HERE = Path(__file__).resolve().parent
+# workers (batch jobs, worker pools) import ubmd from this checkout, not from wherever it is
+# installed
+PYTHONPATH = os.pathsep.join(p for p in (str(HERE.parents[1]), os.environ.get("PYTHONPATH")) if p)
 
 
 def _which(name: str) -> str | None:
@@ -42,7 +45,12 @@ def slurm():
     res = subprocess.run(["bash", str(script), "start"], env=env, capture_output=True, text=True)
     try:
         assert res.returncode == 0, res.stdout + res.stderr
-        yield {**env, "SLURM_CONF": str(state / "slurm.conf"), "OMP_NUM_THREADS": "1"}
+        yield {
+            **env,
+            "SLURM_CONF": str(state / "slurm.conf"),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": PYTHONPATH,
+        }
     finally:
         conf = {**env, "SLURM_CONF": str(state / "slurm.conf")}
         # every job of this private cluster is ours
@@ -188,7 +196,7 @@ def test_block_drains_before_walltime_and_a_new_block_takes_the_rest(slurm, tmp_
 
     from ubmd.pipeline.sites import SiteConfig, make_config
 
-    for key in ("SLURM_CONF", "PATH"):
+    for key in ("SLURM_CONF", "PATH", "PYTHONPATH"):
         monkeypatch.setenv(key, slurm[key])
     spec = {
         "provider": "slurm", "partition": "cpu", "walltime": "00:01:00", "max_task_minutes": 0.75,
@@ -218,7 +226,7 @@ def test_mpi_prefix_runs_inside_a_label_block(slurm, tmp_path, monkeypatch):
 
     from ubmd.pipeline.sites import SiteConfig, make_config
 
-    for key in ("SLURM_CONF", "PATH"):
+    for key in ("SLURM_CONF", "PATH", "PYTHONPATH"):
         monkeypatch.setenv(key, slurm[key])
     spec = {
         "provider": "slurm", "partition": "cpu", "max_workers_per_node": 1,
@@ -239,7 +247,7 @@ def test_mpi_prefix_runs_inside_a_label_block(slurm, tmp_path, monkeypatch):
     assert [r[0] for r in ranks] == ["0", "1"] and ranks[0][1] == ranks[1][1]
 
 
-def test_one_gpu_per_worker_and_cpu_fallback(tmp_path):
+def test_one_gpu_per_worker_and_cpu_fallback(tmp_path, monkeypatch):
     """available_accelerators on a node without GPUs: each worker gets its own
     CUDA_VISIBLE_DEVICES and device "auto" resolves to CPU, so campaigns still run."""
     import parsl
@@ -256,6 +264,7 @@ def test_one_gpu_per_worker_and_cpu_fallback(tmp_path):
         "import os, time; from ubmd.campaign.common import resolve_device; time.sleep(1.0); "
         "print(os.environ.get('CUDA_VISIBLE_DEVICES', ''), os.getppid(), resolve_device('auto'))"
     )
+    monkeypatch.setenv("PYTHONPATH", PYTHONPATH)
     dfk = parsl.load(make_config(site, tmp_path))
     try:
         app = parsl.python_app(subprocess.check_output, executors=["g"])

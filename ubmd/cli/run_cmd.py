@@ -22,7 +22,8 @@ def run(
         "local",
         "--site",
         "-s",
-        help="Site config: a name in site_configs/ (local, slurm, ...) or a YAML path.",
+        help="Site config: a name in site_configs/ (local, slurm_example, pbspro_example, "
+        "torque_example) or a YAML path. New cluster: see docs/clusters.md.",
     ),
     directory: Path | None = typer.Option(
         None, "--dir", help="Campaign directory (overrides the file's `directory`)."
@@ -69,6 +70,8 @@ def run(
         if updates:
             config = config.model_copy(update=updates)
         site_config = load_site(site)
+        if costs is not None and not dry_run:
+            raise ValueError("--costs only applies with --dry-run")
         if dry_run:
             from ubmd.pipeline.dryrun import dry_run as do_dry_run
             from ubmd.pipeline.dryrun import format_report, load_costs
