@@ -16,6 +16,9 @@ start() {
   cat > "$D/slurm.conf" <<EOF
 ClusterName=ubmdtest
 SlurmctldHost=localhost
+# not the default ports (6817/6818), so a site SLURM on this machine is not disturbed
+SlurmctldPort=16817
+SlurmdPort=16818
 SlurmUser=root
 AuthType=auth/munge
 StateSaveLocation=$D/state
