@@ -2,6 +2,7 @@
 # A one-node SLURM on localhost for the cluster tests (root, no systemd, no cgroups).
 #   SLURM_LOCAL_DIR=/tmp/x bash slurm_local.sh start   # then export SLURM_CONF=/tmp/x/slurm.conf
 #   SLURM_LOCAL_DIR=/tmp/x bash slurm_local.sh stop    # stops only the daemons it started
+# SLURMCTLD_PORT / SLURMD_PORT choose the ports (default 16817/16818).
 # Two partitions on the same node: "gpu" (train/explore in the test site) and "cpu" (labels).
 set -euo pipefail
 D=${SLURM_LOCAL_DIR:?set SLURM_LOCAL_DIR}
@@ -17,8 +18,8 @@ start() {
 ClusterName=ubmdtest
 SlurmctldHost=localhost
 # not the default ports (6817/6818), so a site SLURM on this machine is not disturbed
-SlurmctldPort=16817
-SlurmdPort=16818
+SlurmctldPort=${SLURMCTLD_PORT:-16817}
+SlurmdPort=${SLURMD_PORT:-16818}
 SlurmUser=root
 AuthType=auth/munge
 StateSaveLocation=$D/state

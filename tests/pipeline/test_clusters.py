@@ -31,6 +31,19 @@ def _which(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
 
 
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 @pytest.fixture(scope="module")
 def slurm():
     """A one-node SLURM (partitions gpu and cpu on localhost) for this module; stopped after."""
@@ -39,7 +52,13 @@ def slurm():
     # not under pytest's tmp folder: munged runs as user "munge" and must reach its folder
     state = Path(tempfile.mkdtemp(prefix="ubmd-slurm-"))
     state.chmod(0o755)
-    env = {**os.environ, "SLURM_LOCAL_DIR": str(state)}
+    ctld, slurmd = _free_ports(2)  # two test sessions at once (CI and a developer) can coexist
+    env = {
+        **os.environ,
+        "SLURM_LOCAL_DIR": str(state),
+        "SLURMCTLD_PORT": str(ctld),
+        "SLURMD_PORT": str(slurmd),
+    }
     env["PATH"] = env["PATH"] + ":/usr/sbin:/sbin"
     script = HERE / "slurm_local.sh"
     res = subprocess.run(["bash", str(script), "start"], env=env, capture_output=True, text=True)
@@ -119,7 +138,7 @@ def test_quickstart_on_slurm(slurm, tmp_path, shrunk):
     root = Path(yaml.safe_load(config.read_text())["directory"])
     res = subprocess.run(
         _cli(config, _site(tmp_path, "slurm"), slurm), env=slurm, capture_output=True,
-        text=True, timeout=400,
+        text=True, timeout=400, cwd=tmp_path,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-4000:]
     assert _counts(root / "store.h5") == EXPECTED
@@ -137,7 +156,12 @@ def test_quickstart_on_torque_wrappers(slurm, tmp_path, shrunk):
     root = Path(yaml.safe_load(config.read_text())["directory"])
     site = _site(tmp_path, "torque", cores_per_node=2)
     res = subprocess.run(
-        _cli(config, site, slurm), env=slurm, capture_output=True, text=True, timeout=400
+        _cli(config, site, slurm),
+        env=slurm,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=tmp_path,  # the qsub wrapper writes the jobs' NAME.o<id>/.e<id> files here
     )
     assert res.returncode == 0, res.stderr[-4000:]
     assert _counts(root / "store.h5") == EXPECTED
@@ -163,7 +187,7 @@ def test_cancelled_block_is_retried_and_nothing_lost(slurm, tmp_path, shrunk):
     config.write_text(yaml.safe_dump(data))
     root = Path(data["directory"])
     proc = subprocess.Popen(
-        _cli(config, _site(tmp_path, "slurm"), slurm), env=slurm,
+        _cli(config, _site(tmp_path, "slurm"), slurm), env=slurm, cwd=tmp_path,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
