@@ -118,3 +118,10 @@ def test_torque_block_asks_for_all_cores_but_starts_one_pool(tmp_path):
     assert "#PBS -l nodes=1:ppn=8" in text
     assert "WORKERCOUNT=1" in text  # one worker pool per node, not eight
     assert commands == [f"qsub  -q batch {script}"]
+
+
+def test_mpi_command_only_on_the_label_executor(tmp_path):
+    data = yaml.safe_load((SITE_DIR / "slurm_example.yaml").read_text())
+    data["executors"]["gpu"]["mpi_command"] = "srun -n 4"
+    with pytest.raises(ConfigError, match="'gpu' sets mpi_command.*'cpu'"):
+        load_site(_write(tmp_path, data))

@@ -139,6 +139,12 @@ class SiteConfig(_Strict):
                     f"role {role!r} maps to executor {label!r}, which is not defined "
                     f"(executors: {', '.join(self.executors)})"
                 )
+        for label, spec in self.executors.items():
+            if spec.mpi_command and label != self.roles["label"]:
+                raise ValueError(
+                    f"executor {label!r} sets mpi_command {spec.mpi_command!r}, but only the "
+                    f"label executor's ({self.roles['label']!r}) is used: move it there"
+                )
         return self
 
 
