@@ -168,8 +168,9 @@ def test_quickstart_on_torque_wrappers(slurm, tmp_path, shrunk):
     scripts = _scripts(root)
     assert "#PBS -l nodes=1:ppn=2" in scripts and "#PBS -l walltime=00:20:00" in scripts
     log = "\n".join(p.read_text() for p in (root / "parsl").rglob("parsl.log"))
-    # submitted with qsub, cleaned up with qdel (qstat is polled only every 60 s)
+    # submitted with qsub, polled with qstat (status_poll_s: 3), cleaned up with qdel
     assert re.search(r"qsub\s+-q gpu", log) and re.search(r"qdel \d+", log)
+    assert re.search(r"command 'qstat \d+'", log)
 
 
 def _jobs(env: dict, partition: str) -> list[str]:
