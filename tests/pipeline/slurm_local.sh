@@ -42,7 +42,7 @@ ReturnToService=2
 KillWait=2
 # MinJobAge stays at its default (300 s): parsl polls squeue every 60 s and must still see a
 # cancelled job there (no accounting here, so squeue is all it has)
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=8000 State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(getconf _NPROCESSORS_ONLN) RealMemory=8000 State=UNKNOWN
 PartitionName=gpu Nodes=localhost Default=YES MaxTime=INFINITE OverSubscribe=FORCE:4 State=UP
 PartitionName=cpu Nodes=localhost MaxTime=INFINITE OverSubscribe=FORCE:4 State=UP
 EOF

@@ -46,7 +46,6 @@ class ModelSpec(_Strict):
     ensemble_size: int = Field(1, ge=1)
     hyperparameters: dict[str, Any] = {}  # architecture keyword arguments
     training: dict[str, Any] = {}  # ubmd.models.train.TrainConfig fields
-    warm_start: bool = True  # start iteration i+1 from iteration i's weights
 
 
 class CalibrationSpec(_Strict):

@@ -49,9 +49,9 @@ def train_task(
     iteration: int,
     member: int,
     out: str,
-    init: str | None = None,
 ) -> dict[str, Any]:
-    """Train ensemble member ``member`` on the labels before ``iteration``; save to ``out``."""
+    """Train ensemble member ``member`` from scratch on the labels before ``iteration``; save
+    to ``out``. (From scratch, so a member depends only on the data and its seed.)"""
     from ubmd.campaign.validate import train_config
     from ubmd.models import save_model
     from ubmd.models.train import train_member

@@ -131,22 +131,10 @@ class Driver:
                 out = self.layout.member(it, m)
                 if out.exists():
                     continue
-                init = (
-                    self.layout.member(it - 1, m)
-                    if it > 1 and self.config.model.warm_start
-                    else None
-                )
                 futures.append(
                     self.tracker.add(
                         "train",
-                        self.apps.train_task(
-                            self.cfg,
-                            str(self.layout.store),
-                            it,
-                            m,
-                            str(out),
-                            str(init) if init and init.exists() else None,
-                        ),
+                        self.apps.train_task(self.cfg, str(self.layout.store), it, m, str(out)),
                     )
                 )
             self._wait(futures, "train")
