@@ -88,7 +88,8 @@ def label_with_retries(
         result.extra["history"] = history
         result.extra["base_settings_hash"] = labeler.settings_hash()
         return result
-    assert last_error is not None  # the loop ran at least once and only breaks on failure
+    if last_error is None:  # unreachable: the loop runs at least once and ends only on failure
+        raise RuntimeError("label_with_retries finished without a result or an error")
     atoms_copy = atoms.copy()
     atoms_copy.calc = None
     return LabelResult(
