@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from ubmd import keys
 from ubmd.campaign.layout import write_atomic
 
 
@@ -36,14 +35,6 @@ def count_frames(path: str | os.PathLike[str]) -> int:
 
 def structure_key(atoms: Any) -> bytes:
     """The store's content hash of a structure (numbers, positions, cell)."""
-    from ubmd.campaign.labels import _provenance
-    from ubmd.store.batch import make_batch
+    from ubmd.store.batch import structure_hash
 
-    arrays = {
-        keys.NUMBERS: atoms.numbers,
-        keys.POSITIONS: atoms.positions,
-        keys.N_ATOMS: np.array([len(atoms)]),
-        keys.CELL: atoms.cell.array[None],
-        keys.PBC: atoms.pbc[None],
-    }
-    return make_batch(arrays, _provenance({"status": "failed", "reason": "key"})).hashes()[0]
+    return structure_hash(atoms.numbers, atoms.positions, atoms.cell.array)

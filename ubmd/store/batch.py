@@ -53,18 +53,21 @@ class Batch:
 
     def hashes(self) -> list[bytes]:
         """blake2b-128 of each structure's numbers (int64), positions and cell (f8, LE)."""
-        num = np.ascontiguousarray(self.numbers, dtype="<i8").reshape(-1).view(np.uint8)
-        pos = np.ascontiguousarray(self.positions, dtype="<f8").reshape(-1).view(np.uint8)
-        cell = np.ascontiguousarray(self.cell, dtype="<f8").reshape(len(self), 9)
-        cell_bytes = cell.view(np.uint8)
-        out = []
-        for s, (o, n) in enumerate(zip(self.offsets.tolist(), self.n_atoms.tolist(), strict=True)):
-            h = hashlib.blake2b(digest_size=16)
-            h.update(num[8 * o : 8 * (o + n)])
-            h.update(pos[24 * o : 24 * (o + n)])
-            h.update(cell_bytes[s])
-            out.append(h.digest())
-        return out
+        offsets = self.offsets.tolist()
+        return [
+            structure_hash(self.numbers[o : o + n], self.positions[o : o + n], self.cell[s])
+            for s, (o, n) in enumerate(zip(offsets, self.n_atoms.tolist(), strict=True))
+        ]
+
+
+def structure_hash(numbers: Any, positions: Any, cell: Any) -> bytes:
+    """The content hash duplicate detection compares: blake2b-128 of the numbers (int64),
+    positions and cell (float64, little-endian) of one structure."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(numbers, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(positions, dtype="<f8").tobytes())
+    h.update(np.ascontiguousarray(cell, dtype="<f8").reshape(9).tobytes())
+    return h.digest()
 
 
 def stress_to_voigt(stress: np.ndarray, n: int) -> np.ndarray:
