@@ -6,8 +6,7 @@ Imports are lazy so ``import ubmd.models`` does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ubmd._lazy import lazy_getattr
 
 _EXPORTS = {
     "Graph": "ubmd.models.graph",
@@ -28,7 +27,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'ubmd.models' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

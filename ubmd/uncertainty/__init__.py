@@ -13,8 +13,7 @@ Imports are lazy so ``import ubmd.uncertainty`` does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ubmd._lazy import lazy_getattr
 
 _EXPORTS = {
     "UncertaintyConfig": "ubmd.uncertainty.estimator",
@@ -39,7 +38,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'ubmd.uncertainty' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
