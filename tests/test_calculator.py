@@ -129,3 +129,24 @@ def test_ase_dynamics_run(setup):
     dyn.run(5)
     assert dyn.nsteps == 5 and not np.allclose(atoms.positions, start)
     assert np.isfinite(atoms.calc.results[keys.CALIBRATED_UNCERTAINTY])
+
+
+def test_compiled_calculator_matches_eager(setup):
+    """compile=True: the same results from a torch.compile'd copy, elements still checked,
+    the caller's model left as it was."""
+    model, est, cal = setup
+    eager, comp = UBMDCalculator(model, est, cal), UBMDCalculator(model, est, cal, compile=True)
+    assert comp.model is not model and all(p.requires_grad for p in model.parameters())
+    for k, atoms in enumerate(_frames(molecule("CH3CH2OH"), 2, 0.1)):
+        a = atoms.copy()
+        a.calc = eager
+        b = atoms.copy()
+        b.calc = comp
+        assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), abs=1e-9)
+        np.testing.assert_allclose(b.get_forces(), a.get_forces(), atol=1e-9, err_msg=str(k))
+        for key in (keys.CALIBRATED_UNCERTAINTY, keys.ATOMIC_UNCERTAINTY):
+            np.testing.assert_allclose(comp.results[key], eager.results[key], atol=1e-9)
+    ammonia = molecule("NH3")
+    ammonia.calc = comp
+    with pytest.raises(ValueError, match=r"\[7\] unknown to this model"):
+        ammonia.get_potential_energy()

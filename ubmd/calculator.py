@@ -52,8 +52,11 @@ class UBMDCalculator(Calculator):
         calibration: Any = None,
         *,
         device: str | torch.device | None = None,
+        compile: bool = False,
         **kwargs: Any,
     ) -> None:
+        """``compile``: evaluate a ``torch.compile``-d copy of the model (seconds to compile
+        at the first call, then faster calls: for long MD; see :mod:`ubmd.models.compiled`)."""
         super().__init__(**kwargs)
         if isinstance(model, list | tuple):
             from ubmd.models.ensemble import Ensemble
@@ -62,10 +65,24 @@ class UBMDCalculator(Calculator):
         if device is not None:
             model = model.to(device)
             estimator = estimator.to(device) if estimator is not None else None
+        if compile:
+            from ubmd.models.compiled import compile_for_inference
+
+            if estimator is not None and estimator.needs_capture:
+                raise ValueError(
+                    f"compile=True cannot be used with the {estimator.config.features!r} "
+                    "uncertainty features (they hook into the readout); use compile=False"
+                )
+            model = compile_for_inference(model)
         self.model = model.eval()
+        self.compiled = bool(compile)
         self.estimator = estimator
         self.calibration = calibration
         self.device = next(model.parameters()).device
+        if self.device.type == "cpu":  # steady step times in long ASE MD runs too
+            from ubmd.md.allocator import retain_freed_memory
+
+            retain_freed_memory()
 
     @classmethod
     def from_file(
@@ -93,6 +110,10 @@ class UBMDCalculator(Calculator):
             raise PropertyNotImplementedError(
                 f"stress needs a cell periodic in all three directions (pbc={atoms.pbc.tolist()})"
             )
+        if self.compiled:  # the compiled model does not check elements itself
+            from ubmd.models.compiled import check_elements
+
+            check_elements(atoms.numbers, self.model.species)
         graph = Graph.from_atoms(
             atoms, cutoff=self.model.cutoff, device=self.device, dtype=self.model.dtype
         )

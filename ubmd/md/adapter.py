@@ -1,8 +1,10 @@
 """A ubmd potential (or ensemble) + uncertainty estimator + calibration as an MD model.
 
-Each call builds a neighbour-listed :class:`ubmd.models.graph.Graph` for the whole batch
-(vesin, one list per replica), swaps in the engine's differentiable positions and strain,
-and runs :func:`ubmd.uncertainty.inference.evaluate` once for all replicas. For ensembles
+Each call takes the batch's neighbour-listed :class:`ubmd.models.graph.Graph` from
+Verlet lists kept across steps (:mod:`ubmd.md.neighbours`), swaps in the engine's
+differentiable positions and strain, and runs :func:`ubmd.uncertainty.inference.evaluate`
+once for all replicas; with ``compile=True`` on a compiled copy of the potential
+(:mod:`ubmd.models.compiled`). For ensembles
 the member-mean energy gradients come back with the outputs, so the engine only adds the
 uncertainty's backward pass.
 """
@@ -28,6 +30,9 @@ class UBMDModel:
     ``member_forces``: for ensembles, take every member's forces (needed for the
     atom-based ensemble uncertainty); False gives only the total uncertainty, but lets a
     biased step cost one backward pass through all members (see :mod:`ubmd.md.bias`).
+    ``skin_A``: Verlet skin of the neighbour lists (0 searches every step).
+    ``compile``: run a ``torch.compile``-d copy of the potential (seconds to compile on
+    the first steps, then faster steps; worth it for runs of more than a few hundred steps).
     """
 
     differentiable = True
@@ -40,8 +45,20 @@ class UBMDModel:
         *,
         create_graph: bool = False,
         member_forces: bool = True,
+        skin_A: float = 1.0,
+        compile: bool = False,
     ) -> None:
-        self.model = model.eval()
+        from ubmd.md.neighbours import VerletLists
+        from ubmd.models.compiled import compile_for_inference
+
+        if compile and estimator is not None and estimator.needs_capture:
+            raise ValueError(
+                f"compile=True cannot be used with the {estimator.config.features!r} "
+                "uncertainty features (they hook into the readout); use compile=False or "
+                "last-layer features"
+            )
+        self.model = compile_for_inference(model) if compile else model.eval()
+        self.compiled = bool(compile)
         self.estimator = estimator
         self.calibration = calibration
         self.create_graph = create_graph
@@ -49,6 +66,11 @@ class UBMDModel:
         self.has_calibration = calibration is not None and estimator is not None
         self.cutoff = float(model.cutoff)
         self.species = set(int(z) for z in model.species)
+        if self.device.type == "cpu":
+            from ubmd.md.allocator import retain_freed_memory
+
+            retain_freed_memory()
+        self.neighbours = VerletLists(self.cutoff, skin_A=skin_A, species=self.species)
 
     @classmethod
     def from_file(
@@ -75,28 +97,14 @@ class UBMDModel:
                 f"the model knows elements {sorted(self.species)}, not {unknown} in the structures"
             )
 
-    def _graph(self, state: MDState):
-        from ubmd.models.graph import Graph
-
-        pos = state.positions.detach().cpu().numpy().copy()
-        bad = ~np.isfinite(pos).all(1)
-        if bad.any():  # blown-up replica: no edges (the stop rule catches the NaN positions)
-            pos[bad] = 1e3 * np.arange(int(bad.sum()))[:, None]
-        arrays = {
-            keys.NUMBERS: state.numbers.cpu().numpy(),
-            keys.POSITIONS: pos,
-            keys.N_ATOMS: state.n_atoms.cpu().numpy(),
-            keys.CELL: state.cell.detach().cpu().numpy(),
-            keys.PBC: state.pbc.cpu().numpy(),
-        }
-        return Graph.from_arrays(arrays, cutoff=self.cutoff, device=state.device, dtype=state.dtype)
-
     def outputs(
         self, positions: torch.Tensor, strain: torch.Tensor, state: MDState
     ) -> dict[str, torch.Tensor]:
         from ubmd.uncertainty.inference import evaluate
 
-        graph = dataclasses.replace(self._graph(state), positions=positions, strain=strain)
+        graph = dataclasses.replace(
+            self.neighbours.graph(state), positions=positions, strain=strain
+        )
         wrt = [t for t in (positions, strain) if t.requires_grad] if self.member_forces else []
         res, grads_e = evaluate(
             self.model, graph, self.estimator, wrt=wrt, create_graph=self.create_graph

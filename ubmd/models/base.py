@@ -81,7 +81,9 @@ class Potential(nn.Module):
         # out-of-range numbers map to index 0 (never a species) so one check covers both cases
         valid = (numbers >= 1) & (numbers < N_ELEMENTS)
         idx = self.species_lookup[torch.where(valid, numbers, 0)]
-        if bool((idx < 0).any()):
+        # Compiled inference (ubmd.models.compiled) checks elements before the call: a
+        # data-dependent branch here would split the compiled graph.
+        if not torch.compiler.is_compiling() and bool((idx < 0).any()):
             unknown = sorted(set(numbers[idx < 0].tolist()))
             raise ValueError(
                 f"element(s) with atomic number {unknown} unknown to this model, "

@@ -147,10 +147,15 @@ class PaiNN(Potential):
 
     def forward(self, graph: Graph) -> dict[str, torch.Tensor]:
         z = self.species_index(graph.numbers)
-        vec = graph.edge_vectors()
+        # With a half-edge graph, distances and radial filters are computed once per pair
+        # (W_ij = W_ji, the unit vector flips): half the geometry and filter work.
+        vec = graph.edge_vectors(first_half=graph.half_edges)
         r = torch.linalg.vector_norm(vec, dim=-1)
-        filters = torch.chunk(self.filters(self.rbf(r)), len(self.messages), dim=-1)
+        filters = self.filters(self.rbf(r))
         unit = vec / r.unsqueeze(-1)
+        if graph.half_edges:
+            filters, unit = torch.cat([filters, filters]), torch.cat([unit, -unit])
+        filters = torch.chunk(filters, len(self.messages), dim=-1)
         s = self.embedding(z)
         v = torch.zeros(s.shape[0], 3, s.shape[1], dtype=s.dtype, device=s.device)
         for k, (message, update) in enumerate(zip(self.messages, self.updates, strict=True)):
@@ -161,10 +166,12 @@ class PaiNN(Potential):
             hidden = layer(hidden)
         raw = self.readout[-1](hidden).squeeze(-1)
         atomic = self.scale_shift(raw, z)
-        energy = torch.zeros(graph.n_structures, dtype=s.dtype, device=s.device)
+        # One spare row: inductor's CPU code for a scatter into a length-1 buffer fails to
+        # build with several threads (torch 2.13), which a single structure would hit.
+        energy = torch.zeros(graph.n_structures + 1, dtype=s.dtype, device=s.device)
         return {
             keys.ATOMIC_ENERGIES: atomic,
-            keys.ENERGY: energy.index_add(0, graph.batch, atomic),
+            keys.ENERGY: energy.index_add(0, graph.batch, atomic)[:-1],
             keys.LATENT: s,
             "last_layer_input": hidden,
             "atomic_scale": self.energy_scale[z],

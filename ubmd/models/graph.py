@@ -30,11 +30,12 @@ def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def neighbour_list(
-    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, *, half: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Full neighbour list of one structure: ``edge_index (2,E)`` and ``shifts (E,3)``.
+    """Neighbour list of one structure: ``edge_index (2,E)`` and ``shifts (E,3)``.
 
     Convention: the vector from i to its neighbour j is ``r_j - r_i + shift @ cell``.
+    ``half``: each pair once (either direction); otherwise both directions.
     """
     import vesin
 
@@ -49,7 +50,7 @@ def neighbour_list(
         box, periodic = cell, pbc.tolist() if not pbc.all() else True
     else:
         box, periodic = np.zeros((3, 3)), False
-    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    nl = vesin.NeighborList(cutoff=float(cutoff), full_list=not half)
     i, j, s = nl.compute(positions, box, periodic, quantities="ijS")
     edge_index = np.stack([i, j]).astype(np.int64)
     return edge_index, np.asarray(s, dtype=np.int64).reshape(-1, 3)
@@ -68,6 +69,9 @@ class Graph:
     edge_index: torch.Tensor  # (2, E) int64: (i, j), j a neighbour of i
     cell_shifts: torch.Tensor  # (E, 3) float (integer values)
     strain: torch.Tensor  # (S, 3, 3) float, zero; d/dstrain gives the virial
+    # True: edges [0, E/2) hold each pair once and [E/2, E) the same pairs reversed
+    # ((j, i), -shift), so models may compute pair terms (distances, radial filters) once.
+    half_edges: bool = False
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -113,9 +117,10 @@ class Graph:
         edges, shifts = [], []
         for s in range(n_struct):
             sl = slice(offsets[s], offsets[s] + n_atoms[s])
-            e, sh = neighbour_list(positions[sl], cell[s], pbc[s], cutoff)
+            e, sh = neighbour_list(positions[sl], cell[s], pbc[s], cutoff, half=True)
             edges.append(e + offsets[s])
             shifts.append(sh)
+        edges, shifts = both_directions(np.concatenate(edges, axis=1), np.concatenate(shifts))
         fdtype = as_dtype(dtype)
         graph = cls(
             numbers=torch.as_tensor(numbers),
@@ -124,9 +129,10 @@ class Graph:
             pbc=torch.as_tensor(pbc),
             batch=torch.repeat_interleave(torch.arange(n_struct), torch.as_tensor(n_atoms)),
             n_atoms=torch.as_tensor(n_atoms),
-            edge_index=torch.as_tensor(np.concatenate(edges, axis=1)),
-            cell_shifts=torch.as_tensor(np.concatenate(shifts), dtype=fdtype),
+            edge_index=torch.as_tensor(edges),
+            cell_shifts=torch.as_tensor(shifts, dtype=fdtype),
             strain=torch.zeros((n_struct, 3, 3), dtype=fdtype),
+            half_edges=True,
         )
         return graph.to(device) if device is not None else graph
 
@@ -149,20 +155,30 @@ class Graph:
             raise ValueError("collate needs at least one graph")
         if len(graphs) == 1:
             return graphs[0]
+        half = all(g.half_edges for g in graphs)
         atom_off = 0
         struct_off = 0
-        edge_index, batch = [], []
+        edge_index, shifts, batch = [], [], []
         for g in graphs:
-            edge_index.append(g.edge_index + atom_off)
+            e, sh = g.edge_index + atom_off, g.cell_shifts
+            if half:  # keep all first halves first
+                m = e.shape[1] // 2
+                e, sh = (e[:, :m], e[:, m:]), (sh[:m], sh[m:])
+            edge_index.append(e)
+            shifts.append(sh)
             batch.append(g.batch + struct_off)
             atom_off += g.numbers.shape[0]
             struct_off += g.n_atoms.shape[0]
+        if half:
+            edge_index = [e[0] for e in edge_index] + [e[1] for e in edge_index]
+            shifts = [s[0] for s in shifts] + [s[1] for s in shifts]
         cat = {
             f.name: torch.cat([getattr(g, f.name) for g in graphs])
             for f in fields(cls)
-            if f.name not in ("edge_index", "batch")
+            if f.name not in ("edge_index", "cell_shifts", "batch", "half_edges")
         }
-        return cls(edge_index=torch.cat(edge_index, dim=1), batch=torch.cat(batch), **cat)
+        return cls(edge_index=torch.cat(edge_index, dim=1), cell_shifts=torch.cat(shifts),
+                   batch=torch.cat(batch), half_edges=half, **cat)  # fmt: skip
 
     # ---------------------------------------------------------------- moving
     def to(
@@ -173,6 +189,9 @@ class Graph:
         out = {}
         for f in fields(self):
             t = getattr(self, f.name)
+            if not isinstance(t, torch.Tensor):
+                out[f.name] = t
+                continue
             if fdtype is not None and t.is_floating_point():
                 t = t.to(dtype=fdtype)
             out[f.name] = t.to(device) if device is not None else t
@@ -207,17 +226,31 @@ class Graph:
         cell = torch.bmm(self.cell, deform)
         return positions, cell
 
-    def edge_vectors(self) -> torch.Tensor:
-        """(E, 3) vectors from atom i to neighbour j, differentiable w.r.t. positions and strain."""
+    def edge_vectors(self, *, first_half: bool = False) -> torch.Tensor:
+        """(E, 3) vectors from atom i to neighbour j, differentiable w.r.t. positions and
+        strain; ``first_half``: only edges [0, E/2), each pair once (needs ``half_edges``)."""
+        if first_half and not self.half_edges:
+            raise ValueError("first_half needs a graph with half_edges=True")
         positions, cell = self.strained()
-        i, j = self.edge_index
-        shift = torch.einsum("ei,eij->ej", self.cell_shifts, cell[self.batch[i]])
+        edges, shifts = self.edge_index, self.cell_shifts
+        if first_half:
+            m = edges.shape[1] // 2
+            edges, shifts = edges[:, :m], shifts[:m]
+        i, j = edges
+        shift = torch.einsum("ei,eij->ej", shifts, cell[self.batch[i]])
         return positions[j] - positions[i] + shift
 
     def volume(self) -> torch.Tensor:
         """(S,) cell volumes, Å^3 (NaN where the structure is not fully periodic)."""
         vol = torch.linalg.det(self.cell).abs()
         return torch.where(self.pbc.all(dim=1), vol, torch.full_like(vol, float("nan")))
+
+
+def both_directions(edges, shifts):
+    """A half list (each pair once) -> ``[pairs; reversed pairs]`` (numpy or torch)."""
+    if isinstance(edges, torch.Tensor):
+        return torch.cat([edges, edges.flip(0)], dim=1), torch.cat([shifts, -shifts])
+    return np.concatenate([edges, edges[::-1]], axis=1), np.concatenate([shifts, -shifts])
 
 
 def atoms_to_arrays(atoms: Any) -> dict[str, np.ndarray]:

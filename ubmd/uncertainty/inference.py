@@ -29,7 +29,14 @@ _MEAN_ATOMIC = "_ensemble_mean_atomic_energies"
 def run_model(model: nn.Module, graph: Any, *, capture: bool = False) -> dict[str, Any]:
     """model(graph), plus the readout Linear inputs/outputs when ``capture`` (gradient features)."""
     if not capture:
-        return dict(model(graph))
+        from ubmd.models.compiled import call
+
+        return dict(call(model, graph))
+    if getattr(model, "_ubmd_compiled", False):
+        raise ValueError(
+            "gradient-feature uncertainties hook into the readout, which a compiled model "
+            "cannot do; use an eager model (compile off) or last-layer features"
+        )
     with ReadoutCapture(model) as cap:
         out = dict(model(graph))
     inputs, outputs = cap.captured()

@@ -1,0 +1,155 @@
+"""Verlet lists of the batched engine: exactly the pairs a fresh search gives, at every step,
+with far fewer searches; and the compiled model path gives the eager forces."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.io import read
+
+from ubmd.md.adapter import UBMDModel
+from ubmd.md.integrators import initialize, langevin_step
+from ubmd.md.neighbours import VerletLists
+from ubmd.md.state import make_state, select_replicas
+from ubmd.models.graph import neighbour_list
+
+ALA2 = Path(__file__).resolve().parents[2] / "data" / "ala2" / "ala2_xtb_300K.extxyz"
+SMALL = {"n_features": 16, "n_interactions": 1, "n_basis": 8, "readout_hidden": 8}
+
+
+def _edge_set(edge_index, shifts) -> set:
+    i, j = edge_index.tolist()
+    s = [tuple(x) for x in np.rint(shifts.cpu().numpy()).astype(int).tolist()]
+    return set(zip(i, j, s, strict=True))
+
+
+def _fresh_set(state, cutoff) -> set:
+    out, start = set(), 0
+    for r, n in enumerate(state.n_atoms.tolist()):
+        pos = state.positions[start : start + n].numpy()
+        e, s = neighbour_list(pos, state.cell[r].numpy(), state.pbc[r].numpy(), cutoff)
+        out |= _edge_set(torch.as_tensor(e) + start, torch.as_tensor(s))
+        start += n
+    return out
+
+
+def test_verlet_lists_match_fresh_search_every_step():
+    """Random walks of a periodic crystal (its cell changing now and then, as under NPT)
+    and a molecule: the kept list equals vesin's at cutoff at each of 60 steps."""
+    rng = np.random.default_rng(0)
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    mol = read(ALA2, index=0)
+    state = make_state([cu, mol, cu.copy()], temperature_K=300, seed=0)
+    lists = VerletLists(4.0, skin_A=0.8)
+    for step in range(60):
+        g = lists.graph(state)
+        assert _edge_set(g.edge_index, g.cell_shifts) == _fresh_set(state, 4.0), step
+        state.positions += torch.as_tensor(rng.normal(0, 0.04, state.positions.shape))
+        if step % 20 == 19:  # strain replica 0's cell (and its atoms) by 1 %
+            deform = torch.eye(3, dtype=state.dtype) * 1.01
+            sl = state.atom_slice(0)
+            state.positions[sl] = state.positions[sl] @ deform
+            state.cell[0] = state.cell[0] @ deform
+    # 3 first searches + a few refreshes, not 180
+    assert 3 < lists.n_searches < 60
+
+
+def test_verlet_lists_per_replica_and_new_systems():
+    """Searches are per replica; a slot refilled with another system gets a new list;
+    an element the model does not know is named."""
+    cu = bulk("Cu", "fcc", a=3.6, cubic=True)
+    mol = read(ALA2, index=0)
+    state = make_state([cu, mol], temperature_K=300, seed=0, replica_ids=[0, 1])
+    lists = VerletLists(4.0, skin_A=1.0, species={1, 6, 7, 8, 29})
+    lists.graph(state)
+    assert lists.n_searches == 2
+    state.positions[:4] += 0.6  # only replica 0 moved past skin/2
+    lists.graph(state)
+    assert lists.n_searches == 3
+    other = make_state([mol, cu], temperature_K=300, seed=0, replica_ids=[0, 1])
+    g = lists.graph(other)
+    assert lists.n_searches == 5
+    assert _edge_set(g.edge_index, g.cell_shifts) == _fresh_set(other, 4.0)
+    with pytest.raises(ValueError, match=r"\[79\] unknown to this model"):
+        VerletLists(4.0, species={29}).graph(make_state([bulk("Au")], temperature_K=300))
+    with pytest.raises(ValueError, match="skin_A"):
+        VerletLists(4.0, skin_A=-1)
+
+
+def _run(md, frames, steps, **kw):
+    state = make_state(frames, temperature_K=300, seed=3, dtype=md.dtype, **kw)
+    initialize(state, md)
+    for _ in range(steps):
+        langevin_step(state, md, timestep_fs=0.5, temperature_K=300)
+    return state
+
+
+def test_skin_does_not_change_the_trajectory():
+    from ubmd.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("painn", [1, 6, 7, 8], options=SMALL)
+    frames = read(ALA2, ":3")
+    a = _run(UBMDModel(model, skin_A=0.0), frames, 40)
+    md = UBMDModel(model, skin_A=1.0)
+    b = _run(md, frames, 40)
+    assert md.neighbours.n_searches < 3 * 40 / 4
+    torch.testing.assert_close(a.positions, b.positions, rtol=0, atol=1e-9)
+    # a replica alone follows the same path as in the batch
+    alone = _run(UBMDModel(model), frames[1:2], 40, replica_ids=[1])
+    torch.testing.assert_close(
+        select_replicas(b, [1]).positions, alone.positions, rtol=0, atol=1e-9
+    )
+
+
+def _full_window(frames):
+    """A state whose bias window is full (the bias acts from the first call); each call
+    updates the window in place, so every evaluation gets its own state."""
+    st = make_state(frames, temperature_K=300, seed=0, dtype=torch.float32, window=1)
+    st.win_f2.fill_(1.0)
+    st.win_g2.fill_(1.0)
+    return st
+
+
+def test_compiled_model_gives_eager_results():
+    """torch.compile'd copy (float32, as trained models are): the same forces and
+    posterior uncertainty as eager, for a batch and for one replica, with the bias on."""
+    from ubmd.md.bias import BiasConfig, evaluate
+    from ubmd.models import build_model
+    from ubmd.uncertainty import UncertaintyConfig, fit_uncertainty
+
+    torch.manual_seed(0)
+    model = build_model("painn", [1, 6, 7, 8], options=SMALL, dtype="float32")
+    frames = read(ALA2, ":12")
+    est = fit_uncertainty(model, frames[:8], UncertaintyConfig(method="posterior"))
+    eager, comp = UBMDModel(model, est), UBMDModel(model, est, compile=True)
+    assert comp.compiled and comp.model is not model  # the caller's model is untouched
+    assert all(p.requires_grad for p in model.parameters())
+    bias = BiasConfig(window=1, norm_every=1)
+    for batch in (frames[8:12], frames[8:9]):
+        a, b = (evaluate(_full_window(batch), m, stress=False, bias=bias) for m in (eager, comp))
+        assert float(a.tau.min()) > 0  # the bias is on
+        for name in ("energy", "forces", "model_forces", "tau"):
+            torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=1e-4, atol=1e-4)
+        for key in ("uncertainty", "atomic_uncertainty"):
+            torch.testing.assert_close(b.outputs[key], a.outputs[key], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="compile=True cannot be used"):
+        est_g = fit_uncertainty(
+            model, frames[:8], UncertaintyConfig(method="posterior", features="sketched_gradient")
+        )
+        UBMDModel(model, est_g, compile=True)
+
+
+def test_allocator_setting_is_idempotent():
+    import sys
+
+    from ubmd.md.allocator import retain_freed_memory
+
+    first = retain_freed_memory()
+    assert retain_freed_memory() is first
+    if sys.platform.startswith("linux"):
+        import platform
+
+        assert first is (platform.libc_ver()[0] == "glibc")
