@@ -153,3 +153,34 @@ def test_allocator_setting_is_idempotent():
         import platform
 
         assert first is (platform.libc_ver()[0] == "glibc")
+
+
+def test_explore_cli_compile_matches_eager(tmp_path):
+    """`ubmd explore --compile` on a float32 model file (dtype taken from the model):
+    the same frames as the eager run over a short trajectory."""
+    from typer.testing import CliRunner
+
+    from ubmd import keys
+    from ubmd.cli import _register_all, app
+    from ubmd.md.writer import read_candidates
+    from ubmd.models import build_model
+    from ubmd.uncertainty import UncertaintyConfig, fit_uncertainty, save_bundle
+
+    torch.manual_seed(0)
+    model = build_model("painn", [1, 6, 7, 8], options=SMALL, dtype="float32")
+    frames = read(ALA2, ":10")
+    save_bundle(tmp_path / "m.pt", model, fit_uncertainty(model, frames, UncertaintyConfig()))
+    frames[0].write(tmp_path / "s.xyz")
+    _register_all()
+    runner = CliRunner()
+    common = [str(tmp_path / "m.pt"), str(tmp_path / "s.xyz"), "--steps", "20", "--replicas",
+              "2", "--record-every", "10", "--window", "4"]  # fmt: skip
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        res = runner.invoke(app, ["explore", *common, *extra, "-o", str(tmp_path / f"{name}.h5")])
+        assert res.exit_code == 0, res.output
+    a, b = read_candidates(tmp_path / "eager.h5"), read_candidates(tmp_path / "compiled.h5")
+    assert list(a[keys.MD_STEP]) == list(b[keys.MD_STEP]) == [10, 10, 20, 20]
+    np.testing.assert_allclose(b[keys.POSITIONS], a[keys.POSITIONS], atol=1e-3)
+    res = runner.invoke(app, ["explore", "emt", str(tmp_path / "s.xyz"), "--compile", "--sampler",
+                              "md", "-o", str(tmp_path / "x.h5")])  # fmt: skip
+    assert res.exit_code == 2 and "--compile applies to ubmd model files" in res.output

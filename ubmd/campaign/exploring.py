@@ -39,11 +39,11 @@ def write_starts(
     write_frames(path, frames)
 
 
-def explorer_model(bundle: str, device: str) -> Any:
+def explorer_model(bundle: str, device: str, *, compile: bool = False, skin_A: float = 1.0) -> Any:
     """The bundle (model + uncertainty + calibration) as the MD engine's differentiable model."""
     from ubmd.md.adapter import UBMDModel
 
-    return UBMDModel.from_file(bundle, device=device)
+    return UBMDModel.from_file(bundle, device=device, compile=compile, skin_A=skin_A)
 
 
 def explore_task(
@@ -66,7 +66,8 @@ def explore_task(
         size=config.exploration.replicas,
         replace=len(frames) < config.exploration.replicas,
     )
-    model = explorer_model(bundle, device)
+    spec = config.exploration
+    model = explorer_model(bundle, device, compile=spec.compile, skin_A=spec.neighbour_skin_A)
     with atomic_path(out, ".h5") as tmp:
         tmp.unlink()  # the writer creates its own file
         summary = run_explorer(

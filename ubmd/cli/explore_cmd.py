@@ -51,8 +51,10 @@ def _read_structures(paths: list[Path], frames: str) -> list:
     return out
 
 
-def _load_model(spec: str, device: str):
+def _load_model(spec: str, device: str, *, compile: bool, skin_A: float):
     if spec.lower() == "emt":
+        if compile:
+            raise ValueError("--compile applies to ubmd model files, not to `emt`")
         from ase.calculators.emt import EMT
 
         from ubmd.md.forcefield import ASEForceField
@@ -60,7 +62,7 @@ def _load_model(spec: str, device: str):
         return ASEForceField(EMT)
     from ubmd.md.adapter import UBMDModel
 
-    return UBMDModel.from_file(spec, device=device)
+    return UBMDModel.from_file(spec, device=device, compile=compile, skin_A=skin_A)
 
 
 def explore(
@@ -93,7 +95,9 @@ def explore(
     explorer_id: int = typer.Option(0, "--explorer-id", help="Explorer index written with the candidates."),
     seed: int = typer.Option(0, "--seed", help="Random seed (each replica derives its own)."),
     device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
-    dtype: str = typer.Option("float64", "--dtype", help="float64 or float32."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float64 or float32 (default: the model's)."),
+    compile_model: bool = typer.Option(False, "--compile", help="Run a torch.compile'd copy of the model: seconds to compile, then faster steps (long runs)."),
+    skin: float = typer.Option(1.0, "--skin-A", help="Verlet skin of the neighbour lists, Å (0: search every step)."),
 ) -> None:  # fmt: skip
     """Run a one-off (biased) MD exploration; see `ubmd explore --help`."""
     with user_errors():
@@ -108,7 +112,9 @@ def explore(
         from ubmd.md.schedule import LinearRamp
         from ubmd.md.stop import StopRules
 
-        md_model = _load_model(model, device)
+        md_model = _load_model(model, device, compile=compile_model, skin_A=skin)
+        if dtype is None:
+            dtype = str(getattr(md_model, "dtype", "float64")).removeprefix("torch.")
         calibrated = getattr(md_model, "has_calibration", False)
         cv_key = keys.CALIBRATED_UNCERTAINTY if calibrated else keys.UNCERTAINTY
         temp = (
