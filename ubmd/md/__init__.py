@@ -11,12 +11,15 @@ Layout (functions over a batched state, torch-sim style):
 * :mod:`ubmd.md.writer` — candidate HDF5 files (``read_candidates``, ``candidates_to_atoms``).
 * :mod:`ubmd.md.explore` — ``ExploreConfig`` and ``run_explorer``.
 * :mod:`ubmd.md.samplers` — uncertainty-as-CV metadynamics and adversarial attacks.
-* :mod:`ubmd.md.adapter` — ``UBMDModel``: a ubmd potential + estimator + calibration.
+* :mod:`ubmd.md.adapter` — ``UBMDModel``: a ubmd potential + estimator + calibration
+  (optionally a ``torch.compile``d copy, :mod:`ubmd.models.compiled`).
+* :mod:`ubmd.md.neighbours` — per-replica Verlet lists (a search every few tens of steps).
+* :mod:`ubmd.md.allocator` — glibc malloc thresholds that keep per-step buffers in the process.
 * :mod:`ubmd.md.forcefield` — the model protocol and ``ASEForceField`` (EMT etc.).
 
 Why not torch-sim: its current releases (>= 0.4) need Python >= 3.12 (ubmd supports 3.11),
 and the engine's own cost is small (tests/benchmarks/explore_bench.py: integrator, noise
-and bookkeeping take < 1 % of a batched step; the potential takes the rest), so a
+and bookkeeping take about 4 % of a compiled batched step; the potential takes the rest), so a
 dependency would buy no speed while we need things it does not give as such: one random
 generator per replica (a batch reproduces its replicas run alone), the adaptive
 uncertainty bias on forces and stress, per-replica stop rules with slot refilling, and
