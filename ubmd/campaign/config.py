@@ -62,7 +62,9 @@ class ExplorationSpec(_Strict):
     explorers: int = Field(4, ge=1)  # parallel explorer tasks per iteration
     replicas: int = Field(8, ge=1)  # batched replicas inside each explorer
     start_from: Literal["systems", "store"] = "systems"  # store: recent labelled structures too
-    compile: bool = False  # torch.compile the model in each explorer (long runs; ubmd.models.compiled)
+    compile: bool = (
+        False  # torch.compile the model in each explorer (long runs; ubmd.models.compiled)
+    )
     neighbour_skin_A: float = Field(1.0, ge=0)  # Verlet skin of the explorers' neighbour lists
     settings: dict[str, Any] = {}  # ubmd.md explore config fields (sampler, temperature_K, ...)
 
