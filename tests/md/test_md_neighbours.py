@@ -193,3 +193,34 @@ def test_explore_cli_compile_matches_eager(tmp_path):
     res = runner.invoke(app, ["explore", "emt", str(tmp_path / "s.xyz"), "--compile", "--sampler",
                               "md", "-o", str(tmp_path / "x.h5")])  # fmt: skip
     assert res.exit_code == 2 and "--compile applies to ubmd model files" in res.output
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, tmp_path):
+    """A compiler that fails (here: inductor raising) gives a warning naming the error and
+    eager results; the explorer reports that it did not run compiled code."""
+    import torch._inductor.compile_fx as cfx
+
+    from ubmd.md.explore import ExploreConfig, run_explorer
+    from ubmd.models import build_model
+    from ubmd.models.compiled import call, compile_for_inference, is_compiled
+    from ubmd.models.graph import Graph
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(cfx, "compile_fx", broken)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model("painn", [1, 6, 7, 8], options=SMALL, dtype="float32")
+    comp = compile_for_inference(model)
+    graph = Graph.from_atoms(read(ALA2, index=0), cutoff=model.cutoff, dtype=torch.float32)
+    with pytest.warns(RuntimeWarning, match="no C.. compiler here"):
+        out = call(comp, graph)
+    torch.testing.assert_close(out["energy"], model(graph)["energy"])
+    assert not is_compiled(comp) and "no C++ compiler" in comp.compile_error
+    md = UBMDModel(model, compile=True)
+    with pytest.warns(RuntimeWarning, match="running the model eagerly"):
+        summary = run_explorer(ExploreConfig(sampler="md", n_steps=3, record_every=3,
+                                             dtype="float32"), md, read(ALA2, ":1"),
+                               out_path=tmp_path / "c.h5")  # fmt: skip
+    assert summary["compiled"] is False and md.compile_requested

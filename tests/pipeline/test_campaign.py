@@ -103,10 +103,14 @@ def _store_content(path: Path) -> dict[bytes, tuple]:
 
 def test_shrunk_quickstart_end_to_end(shrunk):
     config = shrunk(name="e2e", iterations=2)
+    data = yaml.safe_load(config.read_text())
+    data["exploration"]["compile"] = True  # compiled explorers inside parsl workers
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
     res = _run(config)
     assert res.returncode == 0, res.stderr[-4000:]
     root = Path(yaml.safe_load(config.read_text())["directory"])
     assert "reached max_iterations = 2" in res.stdout
+    assert "ran eagerly" not in res.stderr
     # a valid store with the initial data and both iterations' labels
     check = subprocess.run(
         [sys.executable, "-m", "ubmd.cli", "store", "validate", str(root / "store.h5")],

@@ -86,6 +86,7 @@ def explore_task(
         "n_frames": summary.get("n_frames"),
         "stop_reasons": stops,
         "wall_time_s": summary.get("wall_time_s"),
+        "compiled": summary.get("compiled"),
     }
 
 

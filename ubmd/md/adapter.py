@@ -58,7 +58,7 @@ class UBMDModel:
                 "last-layer features"
             )
         self.model = compile_for_inference(model) if compile else model.eval()
-        self.compiled = bool(compile)
+        self.compile_requested = bool(compile)
         self.estimator = estimator
         self.calibration = calibration
         self.create_graph = create_graph
@@ -81,6 +81,13 @@ class UBMDModel:
 
         model, est, cal = load_bundle(path, device=device)
         return cls(model, est, cal, **kw)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the model runs compiled code (False if compiling failed and it fell back)."""
+        from ubmd.models.compiled import is_compiled
+
+        return self.compile_requested and is_compiled(self.model)
 
     @property
     def device(self) -> torch.device:

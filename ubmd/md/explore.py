@@ -188,7 +188,7 @@ def run_explorer(
     (unbiased samplers only), or anything :func:`ubmd.md.adapter.as_md_model` takes (a
     model file path, ``(model, estimator, calibration)``). Summary: ``n_frames``,
     ``replicas`` (id -> dict with ``stop_reason``, ``steps``, ``start_index``),
-    ``wall_time_s``, ``atom_steps_per_s``.
+    ``wall_time_s``, ``atom_steps_per_s``, ``compiled`` (the model ran compiled code).
     """
     from ubmd.md.adapter import as_md_model
 
@@ -309,4 +309,5 @@ def run_explorer(
         "wall_time_s": wall,
         "atom_steps_per_s": atom_steps / max(wall, 1e-9),
         "out_path": str(out_path),
+        "compiled": bool(getattr(model, "compiled", False)),
     }

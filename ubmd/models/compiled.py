@@ -10,8 +10,8 @@ The compiled copy has frozen parameters (only position/strain gradients are trac
 so it is for inference only: training keeps the eager model. Elements are not checked
 inside the compiled code (a data-dependent branch would split it), so callers check
 them first (:func:`check_elements`; the MD engine's neighbour lists and the ASE
-calculator do). If the compiler fails on this machine (no C++
-compiler, an inductor bug), the call runs eagerly instead and a warning is logged once.
+calculator do). If the compiler fails on this machine (no C++ compiler, an inductor
+bug), :func:`call` warns once and runs the model eagerly from then on.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import copy
 import warnings
 
 import numpy as np
-import torch
 from torch import nn
 
 
@@ -45,20 +44,40 @@ def compile_for_inference(model: nn.Module) -> nn.Module:
         # no buffer reuse: with it the compiled backward overwrites saved activations, and a
         # second gradient of the same forward (retain_graph, biased MD) comes out wrong
         c.compile(dynamic=True, options={"inplace_buffers": False, "allow_buffer_reuse": False})
-        c._ubmd_compiled = True  # marker read by call()
+        c._ubmd_compiled = True  # marker read by call() and is_compiled()
         copies.append(c)
     return Ensemble(copies) if hasattr(model, "members") else copies[0]
 
 
 def call(model: nn.Module, graph) -> dict:
-    """``model(graph)``; for compiled models, compiler failures fall back to eager."""
+    """``model(graph)``. If compiling a compiled model fails (no C++ compiler, an inductor
+    bug), a RuntimeWarning names the error and the model runs eagerly from then on."""
     if not getattr(model, "_ubmd_compiled", False):
         return model(graph)
-    with warnings.catch_warnings():
-        # dynamo's own warnings about skipped frames are noise for users
-        warnings.simplefilter("ignore", UserWarning)
-        with torch._dynamo.config.patch(suppress_errors=True):
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import InductorError
+
+    try:
+        with warnings.catch_warnings():
+            # dynamo's own warnings about skipped frames are noise for users
+            warnings.simplefilter("ignore", UserWarning)
             return model(graph)
+    except (TorchDynamoException, InductorError) as exc:
+        model._compiled_call_impl = None  # nn.Module.compile's hook: back to eager
+        model._ubmd_compiled = False
+        model.compile_error = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+        warnings.warn(
+            f"torch.compile failed ({model.compile_error}); running the model eagerly",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return model(graph)
+
+
+def is_compiled(model: nn.Module) -> bool:
+    """True while every member runs compiled code (False after a fallback to eager)."""
+    members = list(model.members) if hasattr(model, "members") else [model]
+    return all(getattr(m, "_ubmd_compiled", False) for m in members)
 
 
 def check_elements(numbers, species) -> None:

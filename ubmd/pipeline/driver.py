@@ -11,6 +11,7 @@ appended without recomputing it.
 from __future__ import annotations
 
 import concurrent.futures
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,7 +168,13 @@ class Driver:
                     ),
                 )
             )
-        self._wait(futures, "explore")
+        results = self._wait(futures, "explore")
+        if self.config.exploration.compile:
+            eager = [r for r in results if isinstance(r, dict) and r.get("compiled") is False]
+            if eager:  # compiling failed in a worker: the run goes on, slower; say so
+                print(f"warning: iteration {it}: {len(eager)} explorer(s) ran eagerly because "
+                      "torch.compile failed in the worker (see its log)", file=sys.stderr,
+                      flush=True)  # fmt: skip
         self._timed("explore", t0)
 
     def _select_phase(self, it: int) -> int:
