@@ -100,3 +100,33 @@ def test_cv_config_errors():
     state = make_state([Icosahedron("Ar", 2)], temperature_K=None)
     with pytest.raises(ValueError, match="not among the model outputs"):
         evaluate(state, LJModel(), stress=False, bias=HillsBias(UncertaintyCVConfig()))
+
+
+def test_adversarial_from_the_command_line(tmp_path):
+    """`ubmd explore --sampler adversarial --training-data FILE`: attacks on a ubmd model
+    file, Q from the file's energies; missing training data is a clear error."""
+    from pathlib import Path
+
+    from ase.io import read
+    from typer.testing import CliRunner
+
+    from ubmd.cli import _register_all, app
+    from ubmd.models import build_model
+    from ubmd.uncertainty import UncertaintyConfig, fit_uncertainty, save_bundle
+
+    data = Path(__file__).resolve().parents[2] / "data" / "ala2" / "ala2_xtb_300K.extxyz"
+    torch.manual_seed(0)
+    model = build_model("painn", [1, 6, 7, 8], options={"n_features": 8, "n_basis": 4})
+    save_bundle(
+        tmp_path / "m.pt", model, fit_uncertainty(model, read(data, ":8"), UncertaintyConfig())
+    )
+    read(data, index=0).write(tmp_path / "s.xyz")
+    _register_all()
+    args = ["explore", str(tmp_path / "m.pt"), str(tmp_path / "s.xyz"), "--sampler", "adversarial",
+            "--steps", "6", "--record-every", "3", "-o", str(tmp_path / "adv.h5")]  # fmt: skip
+    res = CliRunner().invoke(app, [*args, "--training-data", str(data)])
+    assert res.exit_code == 0, res.output
+    cands = read_candidates(tmp_path / "adv.h5")
+    assert set(cands[keys.SAMPLER]) == {"adversarial"} and list(cands[keys.MD_STEP]) == [3, 6]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "needs --training-data" in res.output

@@ -16,6 +16,8 @@ STRUCTURES are files ASE can read (extxyz, cif, POSCAR, pdb, ...); by default th
 
 Replicas run together in one batch; a replica that stops (uncertainty above the threshold, atoms too close, NaN, force blow-up, --steps reached) is replaced by the next start structure. A candidate frame is written every --record-every steps and at each stop.
 
+`--sampler adversarial` runs adversarial attacks instead of MD (Schwalbe-Koda et al. 2021): every start structure is displaced by Adam steps (--steps of them, --attack-lr-A) that maximise u·exp(-E/kT)/Q, with Q from the energies of --training-data.
+
 Example: `ubmd explore model.pt ala2.xyz --steps 20000 --replicas 8 --out cands.h5 --species-weight H=0 --max-atomic-uncertainty 1.5`
 """
 
@@ -73,7 +75,9 @@ def explore(
     temperature: float = typer.Option(300.0, "--temperature", help="Temperature, K."),
     temperature_end: float | None = typer.Option(None, "--temperature-end", help="Ramp linearly to this temperature (K) over --steps."),
     replicas: int = typer.Option(8, "--replicas", "-r", help="Replicas run together in one batch."),
-    sampler: str = typer.Option("biased_md", "--sampler", help="biased_md | md | uncertainty_cv."),
+    sampler: str = typer.Option("biased_md", "--sampler", help="biased_md | md | uncertainty_cv | adversarial."),
+    training_data: Path | None = typer.Option(None, "--training-data", help="adversarial: labelled training structures (extxyz or store) whose energies give Q."),
+    attack_lr: float = typer.Option(0.01, "--attack-lr-A", help="adversarial: Adam step size, Å."),
     npt: bool = typer.Option(False, "--npt", help="NPT (stochastic cell rescaling, full cell) instead of NVT."),
     isotropic: bool = typer.Option(False, "--isotropic", help="With --npt: scale the cell isotropically."),
     pressure_gpa: float = typer.Option(0.0, "--pressure-GPa", help="NPT target pressure, GPa."),
@@ -123,7 +127,7 @@ def explore(
             else LinearRamp(temperature, temperature_end, steps)
         )
         config = ExploreConfig(
-            sampler=sampler, ensemble="npt" if npt else "nvt", temperature_K=temp,
+            sampler="md" if sampler == "adversarial" else sampler, ensemble="npt" if npt else "nvt", temperature_K=temp,
             pressure_GPa=pressure_gpa, timestep_fs=timestep_fs, friction_per_fs=friction,
             n_steps=steps, record_every=record_every, tau_rel=tau_rel,
             tau_stress_rel=tau_stress_rel, window=window,
@@ -140,6 +144,12 @@ def explore(
         if hasattr(md_model, "check_structures"):
             for atoms in starts:
                 md_model.check_structures(atoms.numbers)
+        if sampler == "adversarial":
+            _adversarial(md_model, starts, out, training_data=training_data, steps=steps,
+                         lr=attack_lr, temperature=temperature, record_every=record_every,
+                         stop=config.stop, explorer_id=explorer_id, seed=seed, device=device,
+                         dtype=dtype)  # fmt: skip
+            return
         console = Console(stderr=True)
         columns = (TextColumn("exploring"), BarColumn(), TextColumn("{task.completed}/{task.total} replica-steps"), TimeRemainingColumn())  # fmt: skip
         with Progress(*columns, console=console, transient=True) as bar:
@@ -157,6 +167,33 @@ def explore(
         typer.echo(
             f"{summary['atom_steps_per_s']:.0f} atom-steps/s, wall time {summary['wall_time_s']:.1f} s"
         )
+
+
+def _adversarial(md_model, starts, out: Path, *, training_data: Path | None, steps: int,
+                 lr: float, temperature: float, record_every: int, stop, explorer_id: int,
+                 seed: int, device: str, dtype: str) -> None:  # fmt: skip
+    from ubmd import keys
+    from ubmd.md.samplers import AdversarialConfig, run_adversarial
+    from ubmd.models.data import labelled_arrays
+
+    if training_data is None:
+        raise ValueError("--sampler adversarial needs --training-data (labelled structures for Q)")
+    if not training_data.exists():
+        raise FileNotFoundError(f"training data {training_data} does not exist")
+    energies = labelled_arrays(str(training_data)).get(keys.ENERGY)
+    if energies is None or len(energies) == 0:
+        raise ValueError(f"{training_data} holds no energies (needed for Q)")
+    config = AdversarialConfig(
+        training_energies_eV=tuple(float(e) for e in energies), temperature_K=temperature,
+        n_iterations=steps, learning_rate_A=lr, record_every=min(record_every, steps),
+        stop=stop, explorer_id=explorer_id, seed=seed, device=device, dtype=dtype,
+    )  # fmt: skip
+    summary = run_adversarial(config, md_model, starts, out_path=out)
+    stopped = ", ".join(f"{k}: {v}" for k, v in sorted(summary["stop_reasons"].items()))
+    typer.echo(
+        f"{summary['n_frames']} candidate frames -> {out} ({len(starts)} attacks; "
+        f"stopped: {stopped or 'none'}), wall time {summary['wall_time_s']:.1f} s"
+    )
 
 
 def register(app: typer.Typer) -> None:
