@@ -144,6 +144,8 @@ def test_compiled_model_gives_eager_results():
     for name in ("forces", "stress", "model_stress"):
         torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=1e-4, atol=1e-5)
     assert float(a.stress.abs().max()) > 0
+    with pytest.raises(ValueError, match="create_graph=True"):
+        UBMDModel(model, est, compile=True, create_graph=True)
     with pytest.raises(ValueError, match="compile=True cannot be used"):
         est_g = fit_uncertainty(
             model, frames[:8], UncertaintyConfig(method="posterior", features="sketched_gradient")

@@ -51,6 +51,12 @@ class UBMDModel:
         from ubmd.md.neighbours import VerletLists
         from ubmd.models.compiled import compile_for_inference
 
+        if compile and create_graph:
+            raise ValueError(
+                "compile=True cannot be used with create_graph=True: biasing on the atom-based "
+                "ensemble uncertainty differentiates forces again, which compiled models do "
+                "not support; use compile=False"
+            )
         if compile and estimator is not None and estimator.needs_capture:
             raise ValueError(
                 f"compile=True cannot be used with the {estimator.config.features!r} "
