@@ -47,13 +47,27 @@ def test_verlet_lists_match_fresh_search_every_step():
         g = lists.graph(state)
         assert _edge_set(g.edge_index, g.cell_shifts) == _fresh_set(state, 4.0), step
         state.positions += torch.as_tensor(rng.normal(0, 0.04, state.positions.shape))
-        if step % 20 == 19:  # strain replica 0's cell (and its atoms) by 1 %
-            deform = torch.eye(3, dtype=state.dtype) * 1.01
-            sl = state.atom_slice(0)
+        # deform replica 0's cell (and its atoms) a little every step, as NPT does, and
+        # replica 2's by 1 % now and then
+        for r, size in ((0, 0.003), (2, 0.01 if step % 20 == 19 else 0.0)):
+            eps = torch.as_tensor(rng.normal(0, size, (3, 3)))
+            deform = torch.eye(3, dtype=state.dtype) + 0.5 * (eps + eps.T)
+            sl = state.atom_slice(r)
             state.positions[sl] = state.positions[sl] @ deform
-            state.cell[0] = state.cell[0] @ deform
-    # 3 first searches + a few refreshes, not 180
-    assert 3 < lists.n_searches < 60
+            state.cell[r] = state.cell[r] @ deform
+    # 3 first searches + a few refreshes, not 180 (nor 60 for the deforming cell alone)
+    assert 3 < lists.n_searches < 45
+    # a steady compression (1 % per step, atoms fixed in the cell): the list must be
+    # refreshed from the cell's deformation alone, once pairs from beyond cutoff + skin
+    # come within the cutoff
+    state = make_state([cu], temperature_K=300, seed=0)
+    lists = VerletLists(4.0, skin_A=0.8)
+    for step in range(30):
+        g = lists.graph(state)
+        assert _edge_set(g.edge_index, g.cell_shifts) == _fresh_set(state, 4.0), step
+        state.positions *= 0.99
+        state.cell *= 0.99
+    assert 1 < lists.n_searches < 10
 
 
 def test_verlet_lists_per_replica_and_new_systems():

@@ -1,8 +1,9 @@
 """Verlet neighbour lists for the batched engine (one per replica, kept across steps).
 
 Each replica's candidate pairs are found with vesin within ``cutoff + skin`` and kept
-until one of its atoms has moved more than ``skin / 2`` since that search, or its cell
-has changed (NPT), or it is a new replica. Every step keeps the candidates closer than
+until one of its atoms has moved more than ``skin / 2`` since that search (measured in
+the reference cell, with the cell's deformation counted against the skin under NPT), or
+it is a new replica. Every step keeps the candidates closer than
 ``cutoff`` (one gather and norm in torch), so the model sees exactly the pairs a fresh
 search would give, while the search itself runs every few tens of steps instead of every
 step. Decisions are per replica, so a replica's list never depends on its batch mates.
@@ -79,13 +80,24 @@ class VerletLists:
             return [True] * R
         if not same_layout:  # gather what is known of these replicas, in batch order
             self._gather(state, pos)
-        d2 = ((pos - self._ref_pos) ** 2).sum(-1)
+        # Periodic cells may deform (NPT): h = h0 D. Mapped back to the reference cell
+        # (r D^-1), a pair within the cutoff now lies within cutoff / s_min(D) there, so the
+        # list stays complete while 2 max|r D^-1 - r0| + cutoff (1/s_min(D) - 1) <= skin.
+        cell = state.cell.detach()
+        eye = torch.eye(3, dtype=cell.dtype, device=cell.device).expand(R, 3, 3)
+        periodic = state.pbc.all(1) & (torch.linalg.det(self._ref_cell).abs() > 1e-9)
+        changed = (self._ref_cell != cell).flatten(1).any(1)
+        safe = torch.where(periodic[:, None, None], cell, eye)
+        d_inv = torch.where(periodic[:, None, None], torch.linalg.solve(safe, self._ref_cell), eye)
+        mapped = torch.bmm(pos[:, None, :], d_inv[state.batch]).squeeze(1)
+        d2 = ((mapped - self._ref_pos) ** 2).sum(-1)
         d2 = torch.where(torch.isfinite(d2), d2, torch.full_like(d2, float("inf")))
         max_d2 = torch.zeros(R, dtype=d2.dtype, device=d2.device)
         max_d2 = max_d2.scatter_reduce(0, state.batch, d2, reduce="amax")
-        moved = max_d2 > (0.5 * self.skin) ** 2
-        cell_changed = (self._ref_cell != state.cell.detach()).flatten(1).any(1)
-        return (moved | cell_changed | self._unknown).tolist()
+        stretch = torch.linalg.svdvals(d_inv)[:, 0]  # 1 / s_min(D)
+        need = 2 * max_d2.sqrt() + self.cutoff * (stretch - 1)
+        stale = (need > self.skin) | ~torch.isfinite(need) | (changed & ~periodic)
+        return (stale | self._unknown).tolist()
 
     def _gather(self, state: MDState, pos: torch.Tensor) -> None:
         """Batch-ordered reference positions/cells of the known replicas (new ones: unknown)."""
