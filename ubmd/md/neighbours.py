@@ -84,17 +84,21 @@ class VerletLists:
         # (r D^-1), a pair within the cutoff now lies within cutoff / s_min(D) there, so the
         # list stays complete while 2 max|r D^-1 - r0| + cutoff (1/s_min(D) - 1) <= skin.
         cell = state.cell.detach()
-        eye = torch.eye(3, dtype=cell.dtype, device=cell.device).expand(R, 3, 3)
-        periodic = state.pbc.all(1) & (torch.linalg.det(self._ref_cell).abs() > 1e-9)
         changed = (self._ref_cell != cell).flatten(1).any(1)
-        safe = torch.where(periodic[:, None, None], cell, eye)
-        d_inv = torch.where(periodic[:, None, None], torch.linalg.solve(safe, self._ref_cell), eye)
-        mapped = torch.bmm(pos[:, None, :], d_inv[state.batch]).squeeze(1)
+        periodic = state.pbc.all(1)
+        mapped, stretch = pos, torch.ones(R, dtype=pos.dtype, device=pos.device)
+        deformed = changed & periodic
+        if bool(deformed.any()):  # (NVT runs skip this)
+            eye = torch.eye(3, dtype=cell.dtype, device=cell.device).expand(R, 3, 3)
+            d_inv = torch.where(deformed[:, None, None],
+                                torch.linalg.solve(torch.where(deformed[:, None, None], cell, eye),
+                                                   self._ref_cell), eye)  # fmt: skip
+            mapped = torch.bmm(pos[:, None, :], d_inv[state.batch]).squeeze(1)
+            stretch = torch.linalg.svdvals(d_inv)[:, 0]  # 1 / s_min(D)
         d2 = ((mapped - self._ref_pos) ** 2).sum(-1)
         d2 = torch.where(torch.isfinite(d2), d2, torch.full_like(d2, float("inf")))
         max_d2 = torch.zeros(R, dtype=d2.dtype, device=d2.device)
         max_d2 = max_d2.scatter_reduce(0, state.batch, d2, reduce="amax")
-        stretch = torch.linalg.svdvals(d_inv)[:, 0]  # 1 / s_min(D)
         need = 2 * max_d2.sqrt() + self.cutoff * (stretch - 1)
         stale = (need > self.skin) | ~torch.isfinite(need) | (changed & ~periodic)
         return (stale | self._unknown).tolist()
