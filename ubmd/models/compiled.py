@@ -2,7 +2,7 @@
 
 For long MD runs: the compiler fuses the per-edge chains of gathers, products and
 scatters of a message-passing step into a few loops, so forward and backward move far
-less memory (on CPU, 2-3x faster per step at float32; see tests/benchmarks/explore_bench.py).
+less memory (on CPU, about 2.7x faster per step at float32; see tests/benchmarks/explore_bench.py).
 Compiling costs some seconds on the first call and again when tensor ranks or dtypes
 change; shapes are dynamic, so changing numbers of atoms and edges reuse the code.
 
