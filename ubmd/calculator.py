@@ -68,12 +68,7 @@ class UBMDCalculator(Calculator):
         if compile:
             from ubmd.models.compiled import compile_for_inference
 
-            if estimator is not None and estimator.needs_capture:
-                raise ValueError(
-                    f"compile=True cannot be used with the {estimator.config.features!r} "
-                    "uncertainty features (they hook into the readout); use compile=False"
-                )
-            model = compile_for_inference(model)
+            model = compile_for_inference(model, estimator)
         self.model = model.eval()
         self.compiled = bool(compile)
         self.estimator = estimator

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import numpy as np
 import torch
 
 from ubmd import keys
@@ -57,13 +56,7 @@ class UBMDModel:
                 "ensemble uncertainty differentiates forces again, which compiled models do "
                 "not support; use compile=False"
             )
-        if compile and estimator is not None and estimator.needs_capture:
-            raise ValueError(
-                f"compile=True cannot be used with the {estimator.config.features!r} "
-                "uncertainty features (they hook into the readout); use compile=False or "
-                "last-layer features"
-            )
-        self.model = compile_for_inference(model) if compile else model.eval()
+        self.model = compile_for_inference(model, estimator) if compile else model.eval()
         self.compile_requested = bool(compile)
         self.estimator = estimator
         self.calibration = calibration
@@ -104,11 +97,10 @@ class UBMDModel:
         return next(self.model.parameters()).dtype
 
     def check_structures(self, numbers) -> None:
-        unknown = sorted(set(np.unique(np.asarray(numbers)).tolist()) - self.species)
-        if unknown:
-            raise ValueError(
-                f"the model knows elements {sorted(self.species)}, not {unknown} in the structures"
-            )
+        """Raise ValueError naming elements of ``numbers`` the model was not trained on."""
+        from ubmd.models.compiled import check_elements
+
+        check_elements(numbers, self.species)
 
     def outputs(
         self, positions: torch.Tensor, strain: torch.Tensor, state: MDState

@@ -33,10 +33,21 @@ _OPTIONS = {
 }
 
 
-def compile_for_inference(model: nn.Module) -> nn.Module:
-    """A compiled, frozen copy of a Potential or Ensemble (the argument is not changed)."""
+def compile_for_inference(model: nn.Module, estimator=None) -> nn.Module:
+    """A compiled, frozen copy of a Potential or Ensemble (the argument is not changed).
+
+    ``estimator``: the uncertainty estimator the copy will serve; gradient features hook
+    into the readout, which compiled code cannot, so they are refused here.
+    """
     from ubmd.models.base import Potential
     from ubmd.models.ensemble import Ensemble
+
+    if estimator is not None and estimator.needs_capture:
+        raise ValueError(
+            f"compile=True cannot be used with the {estimator.config.features!r} "
+            "uncertainty features (they hook into the readout); use compile=False or "
+            "last-layer features"
+        )
 
     members = list(model.members) if hasattr(model, "members") else [model]
     for m in members:
