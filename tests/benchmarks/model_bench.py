@@ -22,32 +22,19 @@ uncertainty + gradient <= 1.2x energy+forces.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
 import torch
 from ase.build import bulk
 from ase.io import read
+from bench_timing import median_cpu
 
 from ubmd.models import compute
 from ubmd.models.builtin import PaiNN
 from ubmd.models.graph import Graph
 
 ALA2 = Path(__file__).resolve().parents[2] / "data" / "ala2" / "ala2_xtb_300K.extxyz"
-
-
-def median_cpu(fns: dict, repeats: int) -> dict[str, float]:
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.process_time()
-            fn()
-            times[k].append(time.process_time() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:

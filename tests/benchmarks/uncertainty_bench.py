@@ -20,13 +20,12 @@ Target: last-layer ``+u,du/dr`` <= 1.2x E+F at 22 atoms.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
 from ase.build import bulk
 from ase.io import read
+from bench_timing import median_cpu
 
 from ubmd import keys
 from ubmd.models import Graph, compute
@@ -34,20 +33,6 @@ from ubmd.models.builtin import PaiNN
 from ubmd.uncertainty import UncertaintyConfig, evaluate, fit_uncertainty, predict
 
 ALA2 = Path(__file__).resolve().parents[2] / "data" / "ala2" / "ala2_xtb_300K.extxyz"
-
-
-def _time(fns: dict, repeats: int) -> dict[str, float]:
-    """Median CPU seconds per call of each function, calls interleaved."""
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.process_time()
-            fn()
-            times[k].append(time.process_time() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _bias_step(model, graph, est, stress: bool, tau: float = 0.1):
@@ -68,7 +53,7 @@ def _bench_case(model, est, atoms, dtype, repeats: int) -> dict[str, float]:
         "du": lambda: predict(model, graph, est, stress=st, uncertainty_gradients=True),
         "bias": lambda: _bias_step(model, graph, est, st),
     }
-    return _time(fns, repeats)
+    return median_cpu(fns, repeats)
 
 
 def main() -> None:
