@@ -20,8 +20,10 @@ def shrunk_quickstart(
     data["directory"] = str(tmp_path / name)
     data["systems"][0]["structure"] = str(ROOT / "data/ala2/alanine-dipeptide.extxyz")
     data["evaluation"]["test_set"] = str(ROOT / "data/ala2/ala2_xtb_300K.extxyz")
+    data["evaluation"]["test_sets"] = {"plane": str(ROOT / "data/ala2/ala2_xtb_plane.extxyz")}
     data["initial_data"]["random_displacements"] = 10
     data["model"]["training"] = {"max_epochs": 12, "patience": 10}
+    data["model"]["fine_tuning"] = {"max_epochs": 6, "patience": 6}
     data["model"]["hyperparameters"] = {"n_features": 16}
     data["exploration"].update(explorers=2, replicas=2)
     data["exploration"]["settings"] = {"n_steps": 60, "record_every": 20}

@@ -4,6 +4,7 @@ SIGKILL at distinct phases, a killed worker's task retried, bad files rejected b
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import torch
 import yaml
 
 from ubmd import keys
@@ -135,7 +137,7 @@ def test_shrunk_quickstart_end_to_end(shrunk):
         ):
             assert (d / name).is_file(), d / name
     summary = (root / "reports" / "summary.tsv").read_text().splitlines()
-    assert len(summary) == 3 and summary[0].startswith("iteration")
+    assert len(summary) == 4 and summary[0].startswith("iteration")
     assert (root / "reports" / "learning_curve.png").is_file()
     # the trained bundle works as an ASE calculator
     from ubmd.calculator import UBMDCalculator
@@ -144,17 +146,69 @@ def test_shrunk_quickstart_end_to_end(shrunk):
     atoms = read_extxyz(root / "iter_002" / "selection.extxyz")[0]
     atoms.calc = UBMDCalculator.from_file(root / "iter_002" / "model.pt")
     assert np.isfinite(atoms.get_potential_energy())
+    # iteration 2 fine-tuned iteration 1's member; iteration 1 started from scratch
+    assert _model_extra(root / "iter_002" / "models" / "member_0.pt")["warm_start"] == str(
+        root / "iter_001" / "models" / "member_0.pt"
+    )
+    assert _model_extra(root / "iter_001" / "models" / "member_0.pt")["warm_start"] == ""
+    # the final model: trained on every stored label, calibrated, reported, an ASE calculator
+    final = _model_extra(root / "final" / "models" / "member_0.pt")
+    assert final["n_train"] == len(content)
+    assert final["training_data"] == _ok_labels_digest(root / "store.h5")
+    atoms.calc = UBMDCalculator.from_file(root / "final" / "model.pt")
+    assert np.isfinite(atoms.get_potential_energy())
+    assert np.isfinite(atoms.calc.get_property("atomic_uncertainty", atoms)).all()
+    report = yaml.safe_load((root / "final" / "report.json").read_text())
+    assert report["labels"] == len(content)
+    for metrics in (report["test"], report["tests"]["plane"]):
+        assert 0 < metrics["energy_rmse_eV_atom"] < 1.0 and 0 < metrics["force_rmse_eV_A"] < 5.0
+    assert 0 < report["ramachandran_coverage"] <= 1
+    rows = [line.split("\t") for line in summary]
+    assert [r[0] for r in rows[1:]] == ["1", "2", "final"]
+    assert "plane_force_rmse_eV_A" in rows[0]
     status = subprocess.run(
-        [sys.executable, "-m", "ubmd.cli", "status", str(root)], capture_output=True, text=True
+        [sys.executable, "-m", "ubmd.cli", "status", str(root)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
     )
     assert status.returncode == 0 and "ok" in status.stdout
+    assert f"final model: {root / 'final' / 'model.pt'}" in status.stdout
+    assert f"trained on {len(content)} labels" in status.stdout
+
+
+def _model_extra(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)["extra"]
+
+
+def _ok_labels_digest(store_path: Path) -> str:
+    import hashlib
+
+    with StructureStore.open(store_path, mode="r") as store:
+        hashes = store.content_hashes(store.select(status="ok"))
+    return hashlib.sha256(b"".join(sorted(h.tobytes() for h in hashes))).hexdigest()
+
+
+def _final_weights(root: Path) -> dict:
+    import torch
+
+    payload = torch.load(root / "final" / "model.pt", map_location="cpu", weights_only=True)
+    return {
+        f"{m}.{k}": v
+        for m, member in enumerate(payload["members"])
+        for k, v in member["state_dict"].items()
+    }
 
 
 def test_resume_after_sigkill_at_distinct_phases_equals_uninterrupted(shrunk):
     reference = shrunk(name="reference")
     res = _run(reference)
     assert res.returncode == 0, res.stderr[-4000:]
-    expected = _store_content(Path(yaml.safe_load(reference.read_text())["directory"]) / "store.h5")
+    ref_root = Path(yaml.safe_load(reference.read_text())["directory"])
+    expected = _store_content(ref_root / "store.h5")
+    expected_final = _final_weights(ref_root)
 
     config = shrunk(name="killed")
     root = Path(yaml.safe_load(config.read_text())["directory"])
@@ -164,6 +218,7 @@ def test_resume_after_sigkill_at_distinct_phases_equals_uninterrupted(shrunk):
         ("training", lambda: (it1 / "models").is_dir()),
         ("exploration", lambda: (it1 / "explore" / "starts.extxyz").exists()),
         ("labels of iteration 1", lambda: (it1 / "labels" / "0000.npz").exists()),
+        ("final training", lambda: (root / "final" / "models").is_dir()),
     ]
     for what, predicate in phases:
         proc = _start(config)
@@ -175,6 +230,10 @@ def test_resume_after_sigkill_at_distinct_phases_equals_uninterrupted(shrunk):
     res = _run(config)
     assert res.returncode == 0, res.stderr[-4000:]
     assert _store_content(root / "store.h5") == expected
+    # the final model after a kill during its training is the uninterrupted one, bit for bit
+    final = _final_weights(root)
+    assert final.keys() == expected_final.keys()
+    assert all(torch.equal(final[k], expected_final[k]) for k in final)
 
 
 def _workers(proc: subprocess.Popen, root: Path) -> list[psutil.Process]:

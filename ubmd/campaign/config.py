@@ -46,6 +46,12 @@ class ModelSpec(_Strict):
     ensemble_size: int = Field(1, ge=1)
     hyperparameters: dict[str, Any] = {}  # architecture keyword arguments
     training: dict[str, Any] = {}  # ubmd.models.train.TrainConfig fields
+    # Each iteration fine-tunes the previous iteration's member (each member from its own) with
+    # `training` updated by `fine_tuning`; from scratch in iteration 1, in every iteration that
+    # is a multiple of `retrain_every` (0: never again) and always when warm_start is false.
+    warm_start: bool = True
+    fine_tuning: dict[str, Any] = {}  # TrainConfig fields for warm-started runs
+    retrain_every: int = Field(0, ge=0)
 
 
 class CalibrationSpec(_Strict):
@@ -92,6 +98,7 @@ class StoppingSpec(_Strict):
 
 class EvaluationSpec(_Strict):
     test_set: str | None = None  # labelled extxyz/store of held-out frames for the learning curve
+    test_sets: dict[str, str] = {}  # more named held-out sets (e.g. beyond the 300 K basin)
     ramachandran: bool = False  # alanine dipeptide: dihedral coverage of labelled structures
 
 

@@ -13,19 +13,15 @@ from ubmd.campaign.config import CampaignConfig
 from ubmd.campaign.frames import read_frames
 
 
-def _test_metrics(config: CampaignConfig, bundle: str, device: str) -> dict[str, Any]:
-    """Errors and calibrated coverage of the bundle on the held-out test set."""
+def _errors(model: Any, arrays: dict[str, np.ndarray], device: str) -> dict[str, Any]:
+    """Energy and force errors of a model (or ensemble mean) against labelled arrays."""
     import torch
 
-    from ubmd.models.data import labelled_arrays, select
+    from ubmd.models.data import select
     from ubmd.models.graph import Graph
-    from ubmd.uncertainty import coverage, load_bundle, predict
+    from ubmd.uncertainty import predict
 
-    if not config.evaluation.test_set:
-        return {}
-    model, estimator, calibration = load_bundle(bundle, device=device)
     ref = next(iter(model.members)) if hasattr(model, "members") else model
-    arrays = labelled_arrays(str(config.path(config.evaluation.test_set)))
     n = len(arrays[keys.N_ATOMS])
     de, df = [], []
     for start in range(0, n, 64):
@@ -37,39 +33,63 @@ def _test_metrics(config: CampaignConfig, bundle: str, device: str) -> dict[str,
         de.append((res[keys.ENERGY].cpu().numpy() - part[keys.ENERGY]) / part[keys.N_ATOMS])
         df.append(res[keys.FORCES].cpu().numpy() - part[keys.FORCES])
     de_all, df_all = np.concatenate(de), np.concatenate(df)
-    out: dict[str, Any] = {
-        "test": {
-            "n_structures": n,
-            "energy_rmse_eV_atom": float(np.sqrt(np.mean(de_all**2))),
-            "energy_mae_eV_atom": float(np.mean(np.abs(de_all))),
-            "force_rmse_eV_A": float(np.sqrt(np.mean(df_all**2))),
-            "force_mae_eV_A": float(np.mean(np.abs(df_all))),
-        }
+    return {
+        "n_structures": n,
+        "energy_rmse_eV_atom": float(np.sqrt(np.mean(de_all**2))),
+        "energy_mae_eV_atom": float(np.mean(np.abs(de_all))),
+        "force_rmse_eV_A": float(np.sqrt(np.mean(df_all**2))),
+        "force_mae_eV_A": float(np.mean(np.abs(df_all))),
     }
-    if estimator is not None and calibration is not None:
-        out["calibration"] = coverage(model, estimator, calibration, arrays, device=device)
+
+
+def _test_metrics(config: CampaignConfig, bundle: str, device: str) -> dict[str, Any]:
+    """Errors and calibrated coverage of the bundle on the held-out test set(s)."""
+    from ubmd.models.data import labelled_arrays
+    from ubmd.uncertainty import coverage, load_bundle
+
+    evaluation = config.evaluation
+    if not evaluation.test_set and not evaluation.test_sets:
+        return {}
+    model, estimator, calibration = load_bundle(bundle, device=device)
+    out: dict[str, Any] = {}
+    if evaluation.test_set:
+        arrays = labelled_arrays(str(config.path(evaluation.test_set)))
+        out["test"] = _errors(model, arrays, device)
+        if estimator is not None and calibration is not None:
+            out["calibration"] = coverage(model, estimator, calibration, arrays, device=device)
+    if evaluation.test_sets:
+        out["tests"] = {
+            name: _errors(model, labelled_arrays(str(config.path(path))), device)
+            for name, path in evaluation.test_sets.items()
+        }
     return out
 
 
 def report_task(
-    cfg: dict[str, Any], bundle: str, store_path: str, iteration: int, out: str
+    cfg: dict[str, Any], bundle: str, store_path: str, iteration: int | None, out: str
 ) -> dict[str, Any]:
-    """Metrics and plots after an iteration; rewrites the campaign's summary table and curve."""
+    """Metrics and plots after an iteration (None: of the final model, on every label);
+    rewrites the campaign's summary table and curve."""
     from ubmd.campaign import report
     from ubmd.campaign.layout import CampaignLayout, write_json_atomic
-    from ubmd.campaign.ramachandran import phi_psi, quadtree_coverage
     from ubmd.store import StructureStore
 
     config = as_config(cfg)
     layout = CampaignLayout(config.campaign_dir)
     device = resolve_device(config.device)
-    rep: dict[str, Any] = {"iteration": iteration}
+    rep: dict[str, Any] = {"iteration": "final" if iteration is None else iteration}
     rep.update(_test_metrics(config, bundle, device))
     with StructureStore.open(store_path, mode="r") as store:
         ok = store.read_arrays(status=keys.STATUS_OK)
         n_failed = len(store.select(status=keys.STATUS_FAILED))
     rep["labels"] = len(ok[keys.N_ATOMS])
     rep["labels_failed"] = int(n_failed)
+    if iteration is None:
+        if config.evaluation.ramachandran:
+            rep.update(_ramachandran(ok, layout.final / "ramachandran.png", None))
+        write_json_atomic(out, rep)
+        report.write_summary(layout)
+        return rep
     selection = layout.selection(iteration)
     unc_file = selection.with_suffix(".uncertainty.npy")
     cand_u = np.load(unc_file) if unc_file.exists() else np.zeros(0)
@@ -82,32 +102,26 @@ def report_task(
         layout.iteration(iteration) / "uncertainty_histogram.png",
     )
     if config.evaluation.ramachandran:
-        rep.update(
-            _ramachandran(
-                ok,
-                layout.iteration(iteration) / "ramachandran.png",
-                iteration,
-                phi_psi,
-                quadtree_coverage,
-                report,
-            )
-        )
+        rep.update(_ramachandran(ok, layout.iteration(iteration) / "ramachandran.png", iteration))
     write_json_atomic(out, rep)
     report.write_summary(layout)
     return rep
 
 
-def _ramachandran(
-    ok: dict[str, np.ndarray], png: Path, iteration: int, phi_psi, quadtree_coverage, report
-) -> dict[str, Any]:
+def _ramachandran(ok: dict[str, np.ndarray], png: Path, iteration: int | None) -> dict[str, Any]:
+    from ubmd.campaign import report
+    from ubmd.campaign.ramachandran import phi_psi, quadtree_coverage
+
     n_atoms = ok[keys.N_ATOMS]
     if not len(n_atoms) or np.any(n_atoms != n_atoms[0]):
         return {"ramachandran_coverage": None}
     pos = ok[keys.POSITIONS].reshape(len(n_atoms), n_atoms[0], 3)
     angles = phi_psi(pos, ok[keys.NUMBERS][: n_atoms[0]])
     cov = quadtree_coverage(angles)
-    latest = ok[keys.ITERATION] == iteration
-    report.plot_ramachandran(
-        {"labelled": angles[~latest], f"iteration {iteration}": angles[latest]}, png, coverage=cov
-    )
+    if iteration is None:
+        groups = {"every label": angles}
+    else:
+        latest = ok[keys.ITERATION] == iteration
+        groups = {"labelled": angles[~latest], f"iteration {iteration}": angles[latest]}
+    report.plot_ramachandran(groups, png, coverage=cov)
     return {"ramachandran_coverage": cov}

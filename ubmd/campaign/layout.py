@@ -13,6 +13,9 @@ all. Resume is then a matter of looking at which artefacts exist: nothing else r
     DIR/iter_NNN/selection.extxyz the selected batch (structures + provenance)
     DIR/iter_NNN/labels/K.npz     one label result (ok or failed) per selected structure
     DIR/iter_NNN/report.json      metrics after the iteration (plots next to it)
+    DIR/final/models/member_M.pt  the final model, trained on every label when the campaign stops
+    DIR/final/model.pt           its bundle (what the campaign hands over)
+    DIR/final/report.json        its metrics
 """
 
 from __future__ import annotations
@@ -130,6 +133,21 @@ class CampaignLayout:
 
     def report(self, i: int) -> Path:
         return self.iteration(i) / "report.json"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
+
+    def final_member(self, m: int) -> Path:
+        return self.final / "models" / f"member_{m}.pt"
+
+    @property
+    def final_bundle(self) -> Path:
+        return self.final / "model.pt"
+
+    @property
+    def final_report(self) -> Path:
+        return self.final / "report.json"
 
     def iterations_present(self) -> list[int]:
         out = []

@@ -15,13 +15,14 @@ from ubmd.campaign.config import CampaignConfig
 
 
 def training_split(
-    config: CampaignConfig, store_path: str, iteration: int
+    config: CampaignConfig, store_path: str, iteration: int | None
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(train, calibration) arrays of every ok label from before ``iteration``.
 
     Rows are put in a canonical order (by content hash) first, so the split and the training
     order do not depend on the order labels happened to arrive in; the calibration split is
-    re-drawn every iteration (DESIGN.md).
+    re-drawn every iteration (docs/uncertainty.md). ``iteration=None``: the final model's
+    data, every ok label for training and none held out.
     """
     from ubmd.models.data import select
     from ubmd.store import StructureStore
@@ -29,13 +30,16 @@ def training_split(
     with StructureStore.open(store_path, mode="r") as store:
         rows = store.select(status=keys.STATUS_OK)
         its = store.read_arrays(indices=rows)[keys.ITERATION] if len(rows) else np.zeros(0, int)
-        rows = rows[its < iteration]
+        if iteration is not None:
+            rows = rows[its < iteration]
         if len(rows) == 0:
             raise ValueError(f"no labelled structures before iteration {iteration} in {store_path}")
         hashes = store.content_hashes(rows)
         order = np.lexsort(hashes.T[::-1])  # canonical: by content hash bytes
         arrays = store.read_arrays(indices=rows[order])
     n = len(arrays[keys.N_ATOMS])
+    if iteration is None:
+        return arrays, select(arrays, np.zeros(0, dtype=int))
     rng = np.random.default_rng(task_seed(config, "calibration", iteration))
     perm = rng.permutation(n)
     n_cal = max(1, round(config.uncertainty.calibration.fraction * n)) if n >= 10 else 0
@@ -46,27 +50,78 @@ def training_split(
 def train_task(
     cfg: dict[str, Any],
     store_path: str,
-    iteration: int,
+    *,
+    iteration: int | None,
     member: int,
     out: str,
+    init: str | None = None,
 ) -> dict[str, Any]:
-    """Train ensemble member ``member`` from scratch on the labels before ``iteration``; save
-    to ``out``. (From scratch, so a member depends only on the data and its seed.)"""
+    """Train ensemble member ``member`` on the labels before ``iteration`` (None: every label,
+    the final model) and save it to ``out``: fine-tuning the model file ``init`` when given,
+    from scratch otherwise. A member depends only on the data, its seed and ``init``."""
     from ubmd.campaign.validate import train_config
-    from ubmd.models import save_model
+    from ubmd.models import load_model, save_model
     from ubmd.models.train import train_member
 
     config = as_config(cfg)
     train, _ = training_split(config, store_path, iteration)
-    tc = train_config(config, seed=task_seed(config, "train", iteration))
+    seed = task_seed(config, "train", "final" if iteration is None else iteration)
+    tc = train_config(config, seed=seed, fine_tuning=init is not None)
     tc = _with_device(tc, resolve_device(config.device))
+    start = None if init is None else load_model(init, device=tc.resolved_device())
     ckpt = Path(out).parent / f"checkpoints_{member}"
     t0 = time.perf_counter()
-    model, history = train_member(tc, train, member, checkpoint_dir=ckpt)
-    save_model(out, model)
+    model, history = train_member(tc, train, member, init_model=start, checkpoint_dir=ckpt)
+    provenance = {
+        "n_train": len(train[keys.N_ATOMS]),
+        "training_data": training_data_digest(train),
+        "warm_start": init or "",
+    }
+    save_model(out, model, extra=provenance)
     shutil.rmtree(ckpt, ignore_errors=True)
     last = history[-1] if history else {}
-    return {"epochs": len(history), "wall_time_s": time.perf_counter() - t0, "last": last}
+    return {
+        "epochs": len(history),
+        "wall_time_s": time.perf_counter() - t0,
+        "last": last,
+        "warm_start": init,
+        "n_train": len(train[keys.N_ATOMS]),
+    }
+
+
+def training_data_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the sorted content hashes of a training set's structures: which labels a
+    model was trained on (compare with the store's ``content_hashes``)."""
+    import hashlib
+
+    from ubmd.store.batch import structure_hash
+
+    n_atoms = arrays[keys.N_ATOMS]
+    ends = np.cumsum(n_atoms)
+    hashes = []
+    for s, (a, b) in enumerate(zip(ends - n_atoms, ends, strict=True)):
+        hashes.append(
+            structure_hash(
+                arrays[keys.NUMBERS][a:b], arrays[keys.POSITIONS][a:b], arrays[keys.CELL][s]
+            )
+        )
+    return hashlib.sha256(b"".join(sorted(hashes))).hexdigest()
+
+
+def warm_start_model(config: CampaignConfig, layout: Any, iteration: int, member: int) -> Any:
+    """The model file member ``member`` of ``iteration`` fine-tunes (None: from scratch).
+
+    ``iteration`` None is the final model: it fine-tunes the latest trained member."""
+    spec = config.model
+    if not spec.warm_start:
+        return None
+    if iteration is None:
+        done = [i for i in layout.iterations_present() if layout.member(i, member).exists()]
+        return layout.member(done[-1], member) if done else None
+    if iteration <= 1 or (spec.retrain_every and iteration % spec.retrain_every == 0):
+        return None
+    previous = layout.member(iteration - 1, member)
+    return previous if previous.exists() else None
 
 
 def _with_device(tc: Any, device: str) -> Any:
@@ -76,13 +131,23 @@ def _with_device(tc: Any, device: str) -> Any:
 
 
 def bundle_task(
-    cfg: dict[str, Any], store_path: str, iteration: int, members: list[str], out: str
+    cfg: dict[str, Any],
+    store_path: str,
+    *,
+    iteration: int | None,
+    members: list[str],
+    out: str,
+    calibration_from: str | None = None,
 ) -> dict[str, Any]:
-    """Fit the uncertainty on the training split, calibrate on the held-out split, save the bundle."""
+    """Fit the uncertainty on the training split, calibrate on the held-out split, save the bundle.
+
+    The final model (``iteration`` None) holds nothing out: its conformal factors are those of
+    the bundle ``calibration_from`` (the last iteration's, fitted on labels that model had not
+    seen), an approximation that ``ubmd evaluate --calibration`` checks on a test set."""
     from ubmd.campaign.validate import uncertainty_config
     from ubmd.models import load_model
     from ubmd.models.ensemble import Ensemble
-    from ubmd.uncertainty import fit_uncertainty, save_bundle
+    from ubmd.uncertainty import fit_uncertainty, load_bundle, save_bundle
 
     config = as_config(cfg)
     device = resolve_device(config.device)
@@ -90,7 +155,10 @@ def bundle_task(
     model = models[0] if len(models) == 1 else Ensemble(models)
     train, cal = training_split(config, store_path, iteration)
     estimator = fit_uncertainty(model, train, uncertainty_config(config))
-    calibration = _calibrate(model, estimator, cal, config.uncertainty.calibration.alpha)
+    if calibration_from is not None:
+        calibration = load_bundle(calibration_from, device=device)[2]
+    else:
+        calibration = _calibrate(model, estimator, cal, config.uncertainty.calibration.alpha)
     save_bundle(out, model, estimator, calibration)
     return {
         "n_train": len(train[keys.N_ATOMS]),

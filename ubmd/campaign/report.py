@@ -41,29 +41,35 @@ def _plt() -> Any:
 
 
 def summary_rows(layout: CampaignLayout) -> list[dict[str, Any]]:
+    """One row per iteration report, then one for the final model (iteration "final").
+
+    Extra named test sets add ``<name>_energy_rmse_meV_atom`` and ``<name>_force_rmse_eV_A``."""
+    reports = [(it, layout.report(it)) for it in layout.iterations_present()]
+    reports.append(("final", layout.final_report))
     rows = []
-    for it in layout.iterations_present():
-        path = layout.report(it)
+    for it, path in reports:
         if not path.exists():
             continue
         rep = json.loads(path.read_text())
         test = rep.get("test") or {}
         cov = rep.get("calibration") or {}
-        rows.append(
-            {
-                "iteration": it,
-                "labels": rep.get("labels"),
-                "labels_failed": rep.get("labels_failed"),
-                "energy_rmse_meV_atom": _scale(test.get("energy_rmse_eV_atom"), 1000.0),
-                "force_rmse_eV_A": test.get("force_rmse_eV_A"),
-                "force_mae_eV_A": test.get("force_mae_eV_A"),
-                "coverage_total": cov.get("coverage_total"),
-                "coverage_atom": cov.get("coverage_atom"),
-                "ramachandran_coverage": rep.get("ramachandran_coverage"),
-                "candidates": rep.get("candidates"),
-                "selected": rep.get("selected"),
-            }
-        )
+        row = {
+            "iteration": it,
+            "labels": rep.get("labels"),
+            "labels_failed": rep.get("labels_failed"),
+            "energy_rmse_meV_atom": _scale(test.get("energy_rmse_eV_atom"), 1000.0),
+            "force_rmse_eV_A": test.get("force_rmse_eV_A"),
+            "force_mae_eV_A": test.get("force_mae_eV_A"),
+            "coverage_total": cov.get("coverage_total"),
+            "coverage_atom": cov.get("coverage_atom"),
+            "ramachandran_coverage": rep.get("ramachandran_coverage"),
+            "candidates": rep.get("candidates"),
+            "selected": rep.get("selected"),
+        }
+        for name, metrics in (rep.get("tests") or {}).items():
+            row[f"{name}_energy_rmse_meV_atom"] = _scale(metrics.get("energy_rmse_eV_atom"), 1e3)
+            row[f"{name}_force_rmse_eV_A"] = metrics.get("force_rmse_eV_A")
+        rows.append(row)
     return rows
 
 
@@ -75,9 +81,12 @@ def write_summary(layout: CampaignLayout) -> list[dict[str, Any]]:
     """Rewrite reports/summary.tsv and reports/learning_curve.png from every report.json."""
     rows = summary_rows(layout)
     layout.reports.mkdir(parents=True, exist_ok=True)
-    lines = ["\t".join(SUMMARY_COLUMNS)]
+    columns = list(SUMMARY_COLUMNS)
     for row in rows:
-        lines.append("\t".join(_fmt(row[c]) for c in SUMMARY_COLUMNS))
+        columns += [c for c in row if c not in columns]
+    lines = ["\t".join(columns)]
+    for row in rows:
+        lines.append("\t".join(_fmt(row.get(c)) for c in columns))
     with atomic_path(layout.reports / "summary.tsv", ".tsv") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     if rows:
@@ -94,26 +103,38 @@ def _fmt(v: Any) -> str:
 
 
 def plot_learning_curve(rows: list[dict[str, Any]], path: Path) -> None:
+    """Held-out force and energy errors (every test set) and Ramachandran coverage against labels;
+    the final model is the last point, drawn as a star."""
     plt = _plt()
     labels = [r["labels"] or 0 for r in rows]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
-    for key, name in (("force_rmse_eV_A", "force RMSE"), ("force_mae_eV_A", "force MAE")):
-        ys = [r[key] for r in rows]
-        if any(y is not None for y in ys):
-            ax[0].plot(labels, [np.nan if y is None else y for y in ys], "o-", label=name)
-    ax[0].set_xlabel("labels in training set")
-    ax[0].set_ylabel("held-out force error (eV/Å)")
-    ax[0].legend()
+    final = [r["iteration"] == "final" for r in rows]
+    tail = "_force_rmse_eV_A"
+    names = sorted({k[: -len(tail)] for r in rows for k in r if k.endswith(tail)})
+    sets = [("", "test"), *((n + "_", n) for n in names)]
     cov = [r["ramachandran_coverage"] for r in rows]
-    if any(c is not None for c in cov):
-        ax[1].plot(labels, [np.nan if c is None else c for c in cov], "s-", color="C2")
-        ax[1].set_ylabel("Ramachandran coverage")
-        ax[1].set_ylim(0, 1)
-    else:
-        ys = [r["energy_rmse_meV_atom"] for r in rows]
-        ax[1].plot(labels, [np.nan if y is None else y for y in ys], "s-", color="C3")
-        ax[1].set_ylabel("held-out energy RMSE (meV/atom)")
-    ax[1].set_xlabel("labels in training set")
+    n_panels = 3 if any(c is not None for c in cov) else 2
+    fig, ax = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.6))
+    for k, (prefix, name) in enumerate(sets):
+        for panel, key in ((0, "force_rmse_eV_A"), (1, "energy_rmse_meV_atom")):
+            ys = np.array(
+                [np.nan if r.get(prefix + key) is None else r[prefix + key] for r in rows]
+            )
+            if np.all(np.isnan(ys)):
+                continue
+            x = np.array(labels, dtype=float)
+            curve = ~np.array(final)
+            ax[panel].plot(x[curve], ys[curve], "o-", color=f"C{k}", label=name)
+            ax[panel].plot(x[~curve], ys[~curve], "*", ms=12, color=f"C{k}")
+    ax[0].set_ylabel("held-out force RMSE (eV/Å)")
+    ax[1].set_ylabel("held-out energy RMSE (meV/atom)")
+    if n_panels == 3:
+        ax[2].plot(labels, [np.nan if c is None else c for c in cov], "s-", color="C2")
+        ax[2].set_ylabel("Ramachandran coverage")
+        ax[2].set_ylim(0, 1)
+    for a in ax:
+        a.set_xlabel("labels in training set")
+    if any(a.get_legend_handles_labels()[0] for a in ax[:1]):
+        ax[0].legend(fontsize=8, title="★ final model", title_fontsize=8)
     fig.tight_layout()
     _save(fig, path)
 

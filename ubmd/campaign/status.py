@@ -35,10 +35,19 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
         for it, s in zip(arrays[keys.ITERATION].tolist(), status, strict=True):
             if s == keys.STATUS_OK:
                 by_iteration[int(it)] = by_iteration.get(int(it), 0) + 1
+    final = None
+    if layout.final.exists():
+        final = {
+            "model": str(layout.final_bundle) if layout.final_bundle.exists() else None,
+            "report": json.loads(layout.final_report.read_text())
+            if layout.final_report.exists()
+            else {},
+        }
     return {
         "name": config.get("name"),
         "directory": str(layout.root),
         "iterations": iterations,
+        "final": final,
         "labels_by_status": counts,
         "ok_labels_by_iteration": by_iteration,
     }
@@ -90,3 +99,23 @@ def render_status(status: dict[str, Any]) -> None:
             "-" if cov is None else f"{cov:.3f}",
         )
     console.print(table)
+    final = status.get("final")
+    if final is None:
+        return
+    if final["model"] is None:
+        console.print("final model: training")
+        return
+    rep = final["report"]
+    parts = [f"final model: {final['model']}"]
+    if rep:
+        parts.append(f"trained on {rep.get('labels')} labels")
+        tests = {"test": rep.get("test") or {}, **(rep.get("tests") or {})}
+        for name, m in tests.items():
+            if m:
+                parts.append(
+                    f"{name}: E {1000 * m['energy_rmse_eV_atom']:.2f} meV/atom, "
+                    f"F {m['force_rmse_eV_A']:.4f} eV/Å"
+                )
+        if rep.get("ramachandran_coverage") is not None:
+            parts.append(f"Ramachandran coverage {rep['ramachandran_coverage']:.3f}")
+    console.print("; ".join(parts))

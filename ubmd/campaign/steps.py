@@ -20,7 +20,7 @@ from ubmd.campaign.labels import (
     write_failed_label,
     write_initial_selection,
 )
-from ubmd.campaign.learning import bundle_task, train_task, training_split
+from ubmd.campaign.learning import bundle_task, train_task, training_split, warm_start_model
 
 __all__ = [
     "append_label",
@@ -39,6 +39,7 @@ __all__ = [
     "task_seed",
     "train_task",
     "training_split",
+    "warm_start_model",
     "write_failed_label",
     "write_frames",
     "write_initial_selection",

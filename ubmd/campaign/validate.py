@@ -17,7 +17,10 @@ from ubmd.campaign.layout import CampaignLayout, atomic_path
 from ubmd.strict import ConfigError, build
 
 
-def train_config(config: CampaignConfig, *, seed: int | None = None) -> Any:
+def train_config(
+    config: CampaignConfig, *, seed: int | None = None, fine_tuning: bool = False
+) -> Any:
+    """The TrainConfig of a campaign's training runs (``fine_tuning``: of warm-started ones)."""
     from ubmd.models.train import TrainConfig
 
     data = {
@@ -28,9 +31,13 @@ def train_config(config: CampaignConfig, *, seed: int | None = None) -> Any:
         "model_options": dict(config.model.hyperparameters),
     }
     data.update(config.model.training)
+    where = "model.training"
+    if fine_tuning:
+        data.update(config.model.fine_tuning)
+        where = "model.fine_tuning"
     if seed is not None:
         data["seed"] = seed
-    return build(TrainConfig, data, where="model.training")
+    return build(TrainConfig, data, where=where)
 
 
 def uncertainty_config(config: CampaignConfig) -> Any:
@@ -100,6 +107,7 @@ def validate_campaign(config: CampaignConfig) -> dict[str, Any]:
 
     built: dict[str, Any] = {
         "train": train_config(config),
+        "fine_tuning": train_config(config, fine_tuning=True),
         "uncertainty": uncertainty_config(config),
         "explore": explore_config(config),
         "structures": read_structures(config),
@@ -133,10 +141,12 @@ def validate_campaign(config: CampaignConfig) -> dict[str, Any]:
             raise FileNotFoundError(
                 f"initial_data.labelled: file {str(config.path(path))!r} not found"
             )
-    if config.evaluation.test_set and not config.path(config.evaluation.test_set).is_file():
-        raise FileNotFoundError(
-            f"evaluation.test_set: file {str(config.path(config.evaluation.test_set))!r} not found"
-        )
+    test_files = {"evaluation.test_set": config.evaluation.test_set} | {
+        f"evaluation.test_sets.{name}": path for name, path in config.evaluation.test_sets.items()
+    }
+    for where, path in test_files.items():
+        if path and not config.path(path).is_file():
+            raise FileNotFoundError(f"{where}: file {str(config.path(path))!r} not found")
     return built
 
 
@@ -149,9 +159,11 @@ def prepare_directory(config: CampaignConfig) -> CampaignLayout:
     mine = config.to_yaml_dict()
     if layout.config.exists():
         theirs = yaml.safe_load(layout.config.read_text())
-        # stopping criteria may change on resume (run longer); anything else changes the science
+        # stopping criteria may change on resume (run longer) and so may what the reports
+        # measure; anything else changes the science
+        free = ("stopping", "evaluation")
         diff = sorted(
-            k for k in set(mine) | set(theirs) if k != "stopping" and mine.get(k) != theirs.get(k)
+            k for k in set(mine) | set(theirs) if k not in free and mine.get(k) != theirs.get(k)
         )
         if diff:
             raise ConfigError(

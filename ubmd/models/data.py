@@ -130,7 +130,10 @@ def select(arrays: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, np.nd
     """The structures ``idx`` of flat arrays (per-atom and per-structure keys)."""
     n_atoms = np.asarray(arrays[keys.N_ATOMS])
     offsets = np.concatenate([[0], np.cumsum(n_atoms)[:-1]])
-    atom_idx = np.concatenate([np.arange(offsets[s], offsets[s] + n_atoms[s]) for s in idx])
+    atom_idx = np.concatenate(
+        [np.zeros(0, dtype=np.int64)]  # an empty selection is an empty set, not an error
+        + [np.arange(offsets[s], offsets[s] + n_atoms[s]) for s in idx]
+    )
     n_struct, n_total = len(n_atoms), int(n_atoms.sum())
     out = {}
     for k, v in arrays.items():

@@ -4,12 +4,20 @@ learning-rate schedule, resumable checkpoints, bitwise-deterministic on CPU for 
 Loss per batch: ``w_E mean((ΔE/N)^2) + w_F mean(ΔF^2) + w_S mean(Δσ^2)`` (stress only over
 structures that have a stress label). Shuffling uses a generator seeded with
 ``(seed, epoch)``, so a resumed run continues exactly like an uninterrupted one.
+
+Warm start (``init_model``): training continues from a previous model (fine-tuning on a grown
+data set, as an active-learning campaign does every iteration); its per-species reference
+energies are refitted first by least squares on what the model still gets wrong, so a shifted
+or re-referenced data set costs no epochs. The kept weights are those with the lowest
+validation loss, which weighs energy and force errors as the loss does (docs/training.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +57,7 @@ class TrainConfig:
     device: str | None = None  # None: "cuda" if available else "cpu"
     dtype: str = "float32"
     grad_clip: float = 10.0
+    ema_decay: float = 0.0  # exponential moving average of the weights (0: off), per step
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_KINDS:
@@ -63,6 +72,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.valid_fraction < 1:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
         as_dtype(self.dtype)
@@ -155,6 +166,7 @@ def train_model(
     train_data: Any,
     *,
     valid_data: Any = None,
+    init_model: Potential | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Potential, list[dict[str, Any]]]:
@@ -162,9 +174,11 @@ def train_model(
 
     ``train_data``/``valid_data``: list of labelled ase.Atoms, extxyz path(s), a store or
     arrays (see :func:`ubmd.models.data.labelled_arrays`). Without ``valid_data`` a
-    ``valid_fraction`` of the training data is held out. With ``checkpoint_dir``,
+    ``valid_fraction`` of the training data is held out. ``init_model``: continue from this
+    model (a copy; it must know every element of the data) instead of a fresh one; its
+    reference energies are refitted on the training data first. With ``checkpoint_dir``,
     ``last.pt`` (resumable state) and ``best.pt`` (a model file) are written every epoch;
-    an existing ``last.pt`` from the same config is resumed.
+    an existing ``last.pt`` from the same config and start model is resumed.
     """
     device = config.resolved_device()
     dtype = as_dtype(config.dtype)
@@ -182,6 +196,62 @@ def train_model(
         if extra:
             raise ValueError(f"validation data has elements {extra} absent from training data")
     torch.manual_seed(config.seed)
+    model = _initial_model(config, arrays, species, init_model, device=device, dtype=dtype)
+    train_samples = mdata.make_samples(arrays, cutoff=model.cutoff, device=device, dtype=dtype)
+    valid_samples = (
+        mdata.make_samples(valid_arrays, cutoff=model.cutoff, device=device, dtype=dtype)
+        if valid_arrays is not None
+        else train_samples
+    )
+    if init_model is not None:
+        refit_reference_energies(model, train_samples)
+    elif hasattr(model, "fit_graph_statistics"):  # e.g. MACE's avg_num_neighbors
+        edges = sum(smp.graph.edge_index.shape[1] for smp in train_samples)
+        model.fit_graph_statistics(edges / max(1, len(arrays["numbers"])))
+    run = _Run(config, model, init_fingerprint=_fingerprint(init_model))
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        run.resume(load_checkpoint(ckpt_dir / "last.pt", config, init=run.init_fingerprint))
+
+    with _deterministic(device):
+        for epoch in range(run.start_epoch, config.max_epochs):
+            if run.since_best >= config.patience:
+                break
+            record = run.epoch(epoch, train_samples, valid_samples)
+            if log is not None:
+                log(record)
+            if ckpt_dir is not None:
+                run.save(ckpt_dir, epoch)
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
+    model.eval()
+    return model, run.history
+
+
+def _initial_model(
+    config: TrainConfig,
+    arrays: Mapping[str, np.ndarray],
+    species: list[int],
+    init_model: Potential | None,
+    *,
+    device: str,
+    dtype: torch.dtype,
+) -> Potential:
+    """A fresh model with fitted energy statistics, or a copy of ``init_model``."""
+    if init_model is not None:
+        missing = sorted(set(species) - set(init_model.species))
+        if missing:
+            raise ValueError(
+                f"the start model knows atomic numbers {init_model.species}, the data also has "
+                f"{missing}: train from scratch instead"
+            )
+        if type(init_model).__name__ != {"painn": "PaiNN", "mace": "MacePotential"}[config.model]:
+            raise ValueError(
+                f"the start model is a {type(init_model).__name__}, the config asks for "
+                f"{config.model!r}"
+            )
+        return copy.deepcopy(init_model).to(device=device, dtype=dtype).train()
     model = build_model(
         config.model, species, options=config.model_options, dtype=dtype, device=device
     )
@@ -192,115 +262,181 @@ def train_model(
         # first epochs fit forces rather than a random offset of ~0.1 eV per atom
         model.readout[-1].weight.zero_()
         model.readout[-1].bias.zero_()
+    return model
 
-    train_samples = mdata.make_samples(arrays, cutoff=model.cutoff, device=device, dtype=dtype)
-    valid_samples = (
-        mdata.make_samples(valid_arrays, cutoff=model.cutoff, device=device, dtype=dtype)
-        if valid_arrays is not None
-        else train_samples
-    )
-    if hasattr(model, "fit_graph_statistics"):  # e.g. MACE's avg_num_neighbors
-        edges = sum(smp.graph.edge_index.shape[1] for smp in train_samples)
-        model.fit_graph_statistics(edges / max(1, len(arrays["numbers"])))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = _make_scheduler(optimizer, config)
-    history: list[dict[str, Any]] = []
-    best_loss, best_state, start_epoch, since_best = float("inf"), None, 0, 0
 
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt_dir is not None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        state = load_checkpoint(ckpt_dir / "last.pt", config)
-        if state is not None:
-            model.load_state_dict(state["payload"]["members"][0]["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(state["scheduler"])
-            history = list(state["history"])
-            best_loss, best_state = state["best_loss"], state["best_state"]
-            start_epoch, since_best = state["epoch"] + 1, state["since_best"]
+def refit_reference_energies(model: Potential, samples: list[mdata.Sample]) -> np.ndarray:
+    """Add to the per-species energy shifts the least-squares fit (on composition) of what the
+    model still gets wrong on ``samples``; returns the correction (eV per atom of each species).
 
-    n = len(train_samples)
-    with _deterministic(device):
-        for epoch in range(start_epoch, config.max_epochs):
-            if since_best >= config.patience:
-                break
-            gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=gen).tolist()
-            model.train()
-            train_sum, seen = 0.0, 0
-            for start in range(0, n, config.batch_size):
-                idx = order[start : start + config.batch_size]
-                batch = mdata.Sample.collate([train_samples[k] for k in idx])
-                loss, _ = batch_loss(model, batch, config, train=True)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                train_sum += float(loss.detach()) * len(idx)
-                seen += len(idx)
-            model.eval()
-            valid = evaluate_loss(model, valid_samples, config)
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(valid["loss"])
-            elif scheduler is not None:
-                scheduler.step()
-            if valid["loss"] < best_loss:
-                best_loss, since_best = valid["loss"], 0
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            else:
-                since_best += 1
-            record = {
-                "epoch": epoch,
-                "train_loss": train_sum / seen,
-                "valid_loss": valid["loss"],
-                "valid_energy_rmse": float(np.sqrt(valid["energy_mse"])),
-                "valid_forces_rmse": float(np.sqrt(valid["forces_mse"])),
-                "lr": float(optimizer.param_groups[0]["lr"]),
-            }
-            if "stress_mse" in valid:
-                record["valid_stress_rmse"] = float(np.sqrt(valid["stress_mse"]))
-            history.append(record)
-            if log is not None:
-                log(record)
-            if ckpt_dir is not None:
-                _save_checkpoint(
-                    ckpt_dir, model, optimizer, scheduler, config, epoch, history,
-                    best_loss, best_state, since_best,
-                )  # fmt: skip
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    Min-norm least squares, so a data set of one composition moves every shift equally.
+    """
+    index = {z: k for k, z in enumerate(model.species)}
+    counts, residual = [], []
     model.eval()
-    return model, history
+    with torch.no_grad():
+        for start in range(0, len(samples), 32):
+            batch = mdata.Sample.collate(samples[start : start + 32])
+            out = compute(model, batch.graph, forces=False)
+            residual.append((batch.energy - out["energy"]).double().cpu().numpy())
+            numbers = batch.graph.numbers.cpu().numpy()
+            owner = batch.graph.batch.cpu().numpy()
+            c = np.zeros((int(owner.max()) + 1, len(model.species)))
+            np.add.at(c, (owner, [index[int(z)] for z in numbers]), 1.0)
+            counts.append(c)
+    delta = np.linalg.lstsq(np.concatenate(counts), np.concatenate(residual), rcond=None)[0]
+    shift = model.energy_shift.detach().double().cpu().numpy() + delta
+    model.set_energy_stats(shift, model.energy_scale.detach().cpu())
+    model.train()
+    return delta
 
 
-def _save_checkpoint(ckpt_dir, model, optimizer, scheduler, config, epoch, history,
-                     best_loss, best_state, since_best) -> None:  # fmt: skip
-    state = {
-        "payload": model_payload(model),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else {},
-        "config": config.to_dict(),
-        "epoch": epoch,
-        "history": history,
-        "best_loss": best_loss,
-        "best_state": best_state,
-        "since_best": since_best,
-    }
-    tmp = ckpt_dir / f"last.pt.tmp{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, ckpt_dir / "last.pt")
-    if best_state is not None and since_best == 0:
-        best = model_payload(model, extra={"epoch": epoch, "valid_loss": best_loss})
-        best["members"][0]["state_dict"] = best_state
-        tmp = ckpt_dir / f"best.pt.tmp{os.getpid()}"
-        torch.save(best, tmp)
-        os.replace(tmp, ckpt_dir / "best.pt")
+def _fingerprint(model: Potential | None) -> str | None:
+    """A content hash of a model's hyperparameters and weights (what a resume must match)."""
+    if model is None:
+        return None
+    h = hashlib.sha256(repr(sorted(model.hyperparameters().items())).encode())
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().double().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
-def load_checkpoint(path: str | os.PathLike, config: TrainConfig) -> dict[str, Any] | None:
-    """The resumable state in ``path`` (None if absent); refuses a different config."""
+class _Run:
+    """The mutable state of one training run: optimizer, schedule, best weights, EMA, history."""
+
+    def __init__(self, config: TrainConfig, model: Potential, *, init_fingerprint: str | None):
+        self.config = config
+        self.model = model
+        self.init_fingerprint = init_fingerprint
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.scheduler = _make_scheduler(self.optimizer, config)
+        self.history: list[dict[str, Any]] = []
+        self.best_loss, self.best_state = float("inf"), None
+        self.start_epoch, self.since_best = 0, 0
+        self.ema = (
+            {k: p.detach().clone() for k, p in model.named_parameters()}
+            if config.ema_decay > 0
+            else None
+        )
+
+    def resume(self, state: dict[str, Any] | None) -> None:
+        if state is None:
+            return
+        self.model.load_state_dict(state["payload"]["members"][0]["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.history = list(state["history"])
+        self.best_loss, self.best_state = state["best_loss"], state["best_state"]
+        self.start_epoch, self.since_best = state["epoch"] + 1, state["since_best"]
+        if self.ema is not None:
+            self.ema = {k: v.to(self.model.energy_shift.device) for k, v in state["ema"].items()}
+
+    def epoch(self, epoch: int, train_samples, valid_samples) -> dict[str, Any]:
+        config, model = self.config, self.model
+        n = len(train_samples)
+        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=gen).tolist()
+        model.train()
+        train_sum, seen = 0.0, 0
+        for start in range(0, n, config.batch_size):
+            idx = order[start : start + config.batch_size]
+            batch = mdata.Sample.collate([train_samples[k] for k in idx])
+            loss, _ = batch_loss(model, batch, config, train=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            self.optimizer.step()
+            self._update_ema()
+            train_sum += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        model.eval()
+        with self._ema_weights():
+            valid = evaluate_loss(model, valid_samples, config)
+            improved = valid["loss"] < self.best_loss
+            if improved:
+                self.best_state = {
+                    k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+                }
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(valid["loss"])
+        elif self.scheduler is not None:
+            self.scheduler.step()
+        if improved:
+            self.best_loss, self.since_best = valid["loss"], 0
+        else:
+            self.since_best += 1
+        record = {
+            "epoch": epoch,
+            "train_loss": train_sum / seen,
+            "valid_loss": valid["loss"],
+            "valid_energy_rmse": float(np.sqrt(valid["energy_mse"])),
+            "valid_forces_rmse": float(np.sqrt(valid["forces_mse"])),
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+        }
+        if "stress_mse" in valid:
+            record["valid_stress_rmse"] = float(np.sqrt(valid["stress_mse"]))
+        self.history.append(record)
+        return record
+
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        d = self.config.ema_decay
+        with torch.no_grad():
+            for k, p in self.model.named_parameters():
+                self.ema[k].mul_(d).add_(p.detach(), alpha=1.0 - d)
+
+    @contextlib.contextmanager
+    def _ema_weights(self) -> Iterator[None]:
+        """Evaluate (and keep as best) the averaged weights; training goes on with the raw ones."""
+        if self.ema is None:
+            yield
+            return
+        params = dict(self.model.named_parameters())
+        raw = {k: p.detach().clone() for k, p in params.items()}
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(self.ema[k])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.copy_(raw[k])
+
+    def save(self, ckpt_dir: Path, epoch: int) -> None:
+        state = {
+            "payload": model_payload(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "config": self.config.to_dict(),
+            "init": self.init_fingerprint or "",
+            "epoch": epoch,
+            "history": self.history,
+            "best_loss": self.best_loss,
+            "best_state": self.best_state,
+            "since_best": self.since_best,
+            "ema": {k: v.detach().cpu() for k, v in self.ema.items()} if self.ema else {},
+        }
+        tmp = ckpt_dir / f"last.pt.tmp{os.getpid()}"
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt_dir / "last.pt")
+        if self.best_state is not None and self.since_best == 0:
+            best = model_payload(self.model, extra={"epoch": epoch, "valid_loss": self.best_loss})
+            best["members"][0]["state_dict"] = self.best_state
+            tmp = ckpt_dir / f"best.pt.tmp{os.getpid()}"
+            torch.save(best, tmp)
+            os.replace(tmp, ckpt_dir / "best.pt")
+
+
+def load_checkpoint(
+    path: str | os.PathLike, config: TrainConfig, *, init: str | None = None
+) -> dict[str, Any] | None:
+    """The resumable state in ``path`` (None if absent); refuses a different config or a
+    different start model (``init``: its fingerprint, None for a fresh model)."""
     path = Path(path)
     if not path.exists():
         return None
@@ -315,6 +451,11 @@ def load_checkpoint(path: str | os.PathLike, config: TrainConfig) -> dict[str, A
             f"{path} was written with a different training config; use another "
             "checkpoint directory or delete it"
         )
+    if state.get("init", "") != (init or ""):
+        raise ValueError(
+            f"{path} was written for a different start model; use another checkpoint "
+            "directory or delete it"
+        )
     model_from_payload(state["payload"], source=str(path))  # validates the model part
     return state
 
@@ -325,10 +466,12 @@ def train_member(
     member_index: int,
     *,
     valid_data: Any = None,
+    init_model: Potential | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Potential, list[dict[str, Any]]]:
-    """Train ensemble member ``member_index`` (seed ``config.seed + member_index``) alone.
+    """Train ensemble member ``member_index`` (seed ``config.seed + member_index``) alone,
+    from scratch or, with ``init_model``, continuing from that member's previous model.
 
     Checkpoints go to ``checkpoint_dir/member_<index>``; ``log`` records carry ``"member"``.
     """
@@ -338,7 +481,12 @@ def train_member(
     ckpt = None if checkpoint_dir is None else Path(checkpoint_dir) / f"member_{member_index}"
     member_log = None if log is None else (lambda r: log({**r, "member": member_index}))
     return train_model(
-        member_config, data, valid_data=valid_data, checkpoint_dir=ckpt, log=member_log
+        member_config,
+        data,
+        valid_data=valid_data,
+        init_model=init_model,
+        checkpoint_dir=ckpt,
+        log=member_log,
     )
 
 

@@ -80,6 +80,7 @@ class Driver:
             self.summary.iterations_done = it
             self.summary.iteration_spans.append((it, t_it, time.time()))
             it += 1
+        self._final_phase()
         self.display.update(phase="finished", message=self.summary.stop_reason)
         return self.summary
 
@@ -125,29 +126,70 @@ class Driver:
     def _train_phase(self, it: int) -> None:
         t0 = time.perf_counter()
         self.display.update(phase="train")
-        bundle = self.layout.bundle(it)
-        if not bundle.exists():
-            futures = []
-            for m in range(self.config.model.ensemble_size):
-                out = self.layout.member(it, m)
-                if out.exists():
-                    continue
-                futures.append(
-                    self.tracker.add(
-                        "train",
-                        self.apps.train_task(self.cfg, str(self.layout.store), it, m, str(out)),
-                    )
-                )
-            self._wait(futures, "train")
-            members = [
-                str(self.layout.member(it, m)) for m in range(self.config.model.ensemble_size)
-            ]
-            fut = self.tracker.add(
-                "calibrate",
-                self.apps.bundle_task(self.cfg, str(self.layout.store), it, members, str(bundle)),
-            )
-            self._wait([fut], "calibrate")
+        self._train_and_calibrate(it)
         self._timed("train", t0)
+
+    def _train_and_calibrate(self, it: int | None) -> None:
+        """Members (fine-tuned or from scratch) and their calibrated bundle of iteration ``it``
+        (None: the final model, on every label, calibrated as the last iteration was)."""
+        layout, size = self.layout, self.config.model.ensemble_size
+        bundle = layout.bundle(it) if it is not None else layout.final_bundle
+        if bundle.exists():
+            return
+        member = (lambda m: layout.member(it, m)) if it is not None else layout.final_member
+        futures = []
+        for m in range(size):
+            out = member(m)
+            if out.exists():
+                continue
+            init = steps.warm_start_model(self.config, layout, it, m)
+            futures.append(
+                self.tracker.add(
+                    "train",
+                    self.apps.train_task(
+                        self.cfg,
+                        str(layout.store),
+                        iteration=it,
+                        member=m,
+                        out=str(out),
+                        init=None if init is None else str(init),
+                    ),
+                )
+            )
+        self._wait(futures, "train")
+        calibration_from = None
+        if it is None:
+            done = [i for i in layout.iterations_present() if layout.bundle(i).exists()]
+            calibration_from = str(layout.bundle(done[-1])) if done else None
+        fut = self.tracker.add(
+            "calibrate",
+            self.apps.bundle_task(
+                self.cfg,
+                str(layout.store),
+                iteration=it,
+                members=[str(member(m)) for m in range(size)],
+                out=str(bundle),
+                calibration_from=calibration_from,
+            ),
+        )
+        self._wait([fut], "calibrate")
+
+    def _final_phase(self) -> None:
+        """Train and calibrate the model the campaign hands over, on every stored label."""
+        t0 = time.perf_counter()
+        self.display.update(phase="final model")
+        self._train_and_calibrate(None)
+        out = self.layout.final_report
+        if not out.exists():
+            fut = self.tracker.add(
+                "report",
+                self.apps.report_task(
+                    self.cfg, str(self.layout.final_bundle), str(self.layout.store), None, str(out)
+                ),
+            )
+            self._wait([fut], "report")
+        self.display.update(last_report=read_json(out))
+        self._timed("final", t0)
 
     def _explore_phase(self, it: int) -> None:
         t0 = time.perf_counter()

@@ -213,7 +213,7 @@ def _steps(config: CampaignConfig) -> list[tuple[str, str, int, str]]:
     """(task, role, count, depends on) for one active-learning iteration, in driver order."""
     m, e, b = config.model.ensemble_size, config.exploration.explorers, config.selection.batch_size
     return [
-        ("train", "train", m, "the store (previous labels); warm start from last iteration"),
+        ("train", "train", m, "the store (previous labels); fine-tunes last iteration's member"),
         ("calibrate", "train", 1, f"all {m} train task(s)"),
         ("explore", "explore", e, "calibrate (the model bundle)"),
         ("select", "select", 1, f"all {e} explore task(s)"),
@@ -237,6 +237,8 @@ def estimate(
 ) -> list[str]:
     """Tasks and core-/GPU-hours per iteration and for the whole campaign, with assumptions."""
     train_cfg, explore_cfg = built["train"], built["explore"]
+    fine_cfg = built["fine_tuning"]
+    spec = config.model
     n_start = sum(len(f) for f in built["structures"].values())
     n0 = config.initial_data.random_displacements * n_start
     iterations = config.stopping.max_iterations
@@ -250,14 +252,19 @@ def estimate(
     core_h = gpu_h = 0.0
     tasks = n0  # the initial labels
     core_h += n0 * per_label / 60 * _cores(site, "label")
+
+    def train_minutes(epochs: int, n_train: int) -> float:
+        return epochs * n_train / 100 * costs.train_s_per_epoch_per_100_structures / 60
+
+    def epochs(it: int) -> int:
+        scratch = not spec.warm_start or it <= 1
+        scratch = scratch or bool(spec.retrain_every and it % spec.retrain_every == 0)
+        return train_cfg.max_epochs if scratch else fine_cfg.max_epochs
+
     for it in range(1, iterations + 1):
         n_train = n0 + (it - 1) * batch
         minutes = {
-            "train": train_cfg.max_epochs
-            * n_train
-            / 100
-            * costs.train_s_per_epoch_per_100_structures
-            / 60,
+            "train": train_minutes(epochs(it), n_train),
             "calibrate": costs.calibrate_minutes,
             "explore": explore_cfg.n_steps
             * config.exploration.replicas
@@ -273,6 +280,11 @@ def estimate(
             gpu_h += hours if site.executors[site.roles[role]].n_accelerators() else 0.0
             tasks += count
     labels = min(config.stopping.label_budget, iterations * batch)
+    # the final model: every member once more on every label, then calibrate and report
+    final_h = spec.ensemble_size * train_minutes(epochs(iterations + 1), n0 + labels) / 60
+    core_h += final_h * _cores(site, "train")
+    gpu_h += final_h if site.executors[site.roles["train"]].n_accelerators() else 0.0
+    tasks += spec.ensemble_size + 2
     return [
         f"initial labels: {n0} ({config.initial_data.random_displacements} displacements x "
         f"{n_start} start structure(s))",
@@ -282,7 +294,8 @@ def estimate(
         f"whole campaign (upper bound, every iteration run): {tasks} tasks, "
         f"{core_h:.1f} core-hours, {gpu_h:.1f} GPU-hours",
         f"assumed: training {costs.train_s_per_epoch_per_100_structures:g} s per epoch per 100 "
-        f"structures x {train_cfg.max_epochs} epochs (max_epochs); MD "
+        f"structures x {train_cfg.max_epochs} epochs from scratch, {fine_cfg.max_epochs} "
+        f"fine-tuning (max_epochs); then a final model on every label; MD "
         f"{costs.md_ms_per_step_per_replica:g} ms per step per replica x {explore_cfg.n_steps} "
         f"steps x {config.exploration.replicas} replicas; {per_label:g} min per "
         f"{config.labeler.name} label; calibrate/select/report "
