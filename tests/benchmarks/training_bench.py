@@ -8,6 +8,9 @@ so the variants' learning curves (and their wall time) compare on the same data:
     OMP_NUM_THREADS=1 python tests/benchmarks/training_bench.py STORE.h5 \\
         --test data/ala2/ala2_xtb_300K.extxyz --test data/ala2/ala2_xtb_plane.extxyz
 
+``--final-only`` trains once on every label (a campaign's final model), e.g. to compare loss
+weights over seeds: ``--final-only --seed 1 --variant scratch:energy_weight=100.0``.
+
 Variants are named ``kind[:key=value,...]``: ``scratch`` retrains from a fresh model every
 iteration, ``warm`` fine-tunes the previous iteration's model; the keys are TrainConfig fields
 (for ``warm`` they apply to the fine-tuning runs; the first iteration always starts from scratch
@@ -79,6 +82,11 @@ def main() -> None:
     )
     parser.add_argument("--base", default="", help="base TrainConfig fields, key=value,...")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--final-only",
+        action="store_true",
+        help="train once on every label (the final model) instead of replaying iterations",
+    )
     parser.add_argument("--every", type=int, default=1, help="evaluate every k-th iteration")
     args = parser.parse_args()
     variants = [_parse_variant(v) for v in (args.variant or ["scratch", "warm"])]
@@ -91,13 +99,17 @@ def main() -> None:
     its = arrays[keys.ITERATION]
     tests = {p.rsplit("/", 1)[-1]: labelled_arrays(p) for p in args.test}
     iterations = sorted(set(int(i) for i in its) | {int(its.max()) + 1})[1:]
+    if args.final_only:
+        iterations = iterations[-1:]
     print(f"{len(its)} labels, iterations {iterations[0]}..{iterations[-1]}; tests {list(tests)}")
     final: dict[str, float] = {}
     for name, kind, options in variants:
         model, cpu = None, 0.0
         for it in iterations:
             data = select(arrays, np.flatnonzero(its < it))
-            config = dataclasses.replace(base_config, seed=args.seed + it)
+            config = dataclasses.replace(
+                base_config, seed=args.seed + (0 if args.final_only else it)
+            )
             if (kind == "warm" and model is not None) or kind == "scratch":
                 config = dataclasses.replace(config, **options)
             t0 = time.process_time()

@@ -65,3 +65,29 @@ def emt_dataset(n: int = 6, seed: int = 0) -> list[Atoms]:
 
 
 TINY = {"cutoff": 3.0, "n_features": 8, "n_basis": 6, "readout_hidden": 8}
+
+
+def tiny_config(**kw):
+    """A TrainConfig for fast float64 training tests (overrides in ``kw``)."""
+    from ubmd.models import TrainConfig
+
+    base = dict(
+        model_options=TINY, max_epochs=3, batch_size=2, dtype="float64", device="cpu",
+        valid_fraction=0.34, seed=7,
+    )  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class Killed(Exception):
+    """Raised from a training log callback: a run killed after an epoch's checkpoint."""
+
+
+def kill_at_epoch(epoch: int):
+    """A training ``log`` callback that kills the run when ``epoch`` is logged."""
+
+    def log(record):
+        if record["epoch"] == epoch:
+            raise Killed
+
+    return log

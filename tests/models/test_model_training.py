@@ -7,20 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from model_helpers import TINY, emt_dataset
+from model_helpers import Killed, emt_dataset, kill_at_epoch, tiny_config
 
 from ubmd import keys
-from ubmd.models import Ensemble, TrainConfig, compute, load_model, train_ensemble, train_model
+from ubmd.models import Ensemble, compute, load_model, train_ensemble, train_model
 from ubmd.models.train import train_member
 
-
-def config(**kw) -> TrainConfig:
-    base = dict(
-        model_options=TINY, max_epochs=3, batch_size=2, dtype="float64", device="cpu",
-        valid_fraction=0.34, seed=7,
-    )  # fmt: skip
-    base.update(kw)
-    return TrainConfig(**base)
+config = tiny_config
 
 
 def weights(model) -> dict[str, torch.Tensor]:
@@ -50,20 +43,8 @@ def test_training_is_deterministic_and_learns():
 def test_killed_training_resumes_to_the_same_weights(tmp_path):
     data = emt_dataset()
     full, _ = train_model(config(max_epochs=4), data, checkpoint_dir=tmp_path / "a")
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_epoch_1(record):
-        if record["epoch"] == 1:
-            raise Killed
-
-    from ubmd.models import train as train_mod
-
     with pytest.raises(Killed):
-        train_mod.train_model(
-            config(max_epochs=4), data, checkpoint_dir=tmp_path / "b", log=kill_after_epoch_1
-        )
+        train_model(config(max_epochs=4), data, checkpoint_dir=tmp_path / "b", log=kill_at_epoch(1))
     assert (tmp_path / "b" / "last.pt").exists()
     resumed, hist = train_model(config(max_epochs=4), data, checkpoint_dir=tmp_path / "b")
     assert [r["epoch"] for r in hist] == [0, 1, 2, 3]

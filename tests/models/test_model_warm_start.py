@@ -8,21 +8,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from model_helpers import ALA2, TINY, emt_dataset
+from model_helpers import ALA2, Killed, emt_dataset, kill_at_epoch, tiny_config
 
 from ubmd import keys
 from ubmd.models import TrainConfig, compute, train_model
 from ubmd.models.data import labelled_arrays, select
 from ubmd.models.graph import Graph
 
-
-def config(**kw) -> TrainConfig:
-    base = dict(
-        model_options=TINY, max_epochs=3, batch_size=2, dtype="float64", device="cpu",
-        valid_fraction=0.34, seed=7,
-    )  # fmt: skip
-    base.update(kw)
-    return TrainConfig(**base)
+config = tiny_config
 
 
 def errors(model, arrays) -> tuple[float, float]:
@@ -117,18 +110,10 @@ def test_warm_started_run_resumes_exactly_and_refuses_another_start_model(tmp_pa
     start, _ = train_model(config(max_epochs=2), data)
     other, _ = train_model(config(max_epochs=2, seed=8), data)
     full, _ = train_model(config(max_epochs=4), data, init_model=start)
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_epoch_1(record):
-        if record["epoch"] == 1:
-            raise Killed
-
     with pytest.raises(Killed):
         train_model(
             config(max_epochs=4), data, init_model=start, checkpoint_dir=tmp_path,
-            log=kill_after_epoch_1,
+            log=kill_at_epoch(1),
         )  # fmt: skip
     resumed, hist = train_model(
         config(max_epochs=4), data, init_model=start, checkpoint_dir=tmp_path
@@ -157,17 +142,9 @@ def test_ema_keeps_averaged_weights_and_resumes_exactly(tmp_path):
     ema, hist = train_model(config(max_epochs=4, patience=10, ema_decay=0.9), data)
     # same raw trajectory, but the kept weights are an average: they differ
     assert any(not torch.equal(v, ema.state_dict()[k]) for k, v in raw.state_dict().items())
-
-    class Killed(Exception):
-        pass
-
-    def kill(record):
-        if record["epoch"] == 2:
-            raise Killed
-
     cfg = config(max_epochs=4, patience=10, ema_decay=0.9)
     with pytest.raises(Killed):
-        train_model(cfg, data, checkpoint_dir=tmp_path, log=kill)
+        train_model(cfg, data, checkpoint_dir=tmp_path, log=kill_at_epoch(2))
     resumed, hist2 = train_model(cfg, data, checkpoint_dir=tmp_path)
     assert hist2 == hist
     for k, v in ema.state_dict().items():

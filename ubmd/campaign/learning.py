@@ -21,7 +21,7 @@ def training_split(
 
     Rows are put in a canonical order (by content hash) first, so the split and the training
     order do not depend on the order labels happened to arrive in; the calibration split is
-    re-drawn every iteration (docs/uncertainty.md). ``iteration=None``: the final model's
+    re-drawn every iteration (docs/training.md). ``iteration=None``: the final model's
     data, every ok label for training and none held out.
     """
     from ubmd.models.data import select

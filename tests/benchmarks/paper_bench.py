@@ -1,0 +1,138 @@
+"""Biased vs unbiased active learning at the same label budget: the papers' comparison, run here.
+
+For each seed, the campaign is run twice, once as shipped (uncertainty-biased MD) and once with
+plain MD explorers (``sampler: md``), with everything else equal; then each campaign's final
+model (trained on every label) is measured. Prints one row per campaign and the mean and spread
+per variant: Ramachandran coverage of the labels, energy and force RMSE on the 300 K test set and
+on the whole-plane test set, wall time.
+
+    python tests/benchmarks/paper_bench.py --scale small              # the quickstart, 3 seeds
+    python tests/benchmarks/paper_bench.py --scale full --seeds 0     # ala2_paper, 512 labels
+
+Campaigns go to ``--out`` (default ``runs/paper_bench``) and resume when run again, so a long
+run can be stopped and continued with the same command. Last line: mean whole-plane force RMSE,
+biased / unbiased.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCALES = {
+    "small": ROOT / "workflows" / "quickstart" / "campaign.yaml",
+    "full": ROOT / "workflows" / "ala2_paper" / "campaign.yaml",
+}
+
+
+def campaign_file(scale: str, variant: str, seed: int, out: Path) -> Path:
+    """The shipped campaign with its seed, directory and (unbiased) sampler changed; paths made
+    absolute so the file works from ``out``."""
+    source = SCALES[scale]
+    data = yaml.safe_load(source.read_text())
+    name = f"{scale}_{variant}_seed{seed}"
+    data.update(name=name, seed=seed, directory=str(out / name))
+
+    def absolute(p: str) -> str:
+        return str((source.parent / p).resolve())
+
+    for system in data["systems"]:
+        system["structure"] = absolute(system["structure"])
+    evaluation = data.get("evaluation", {})
+    if evaluation.get("test_set"):
+        evaluation["test_set"] = absolute(evaluation["test_set"])
+    evaluation["test_sets"] = {k: absolute(v) for k, v in evaluation.get("test_sets", {}).items()}
+    settings = data["labeler"].get("settings", {})
+    for key, value in settings.items():
+        if isinstance(value, str) and (source.parent / value).exists():
+            settings[key] = absolute(value)
+    if variant == "unbiased":
+        data["exploration"]["settings"]["sampler"] = "md"
+    path = out / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run(path: Path, log: Path) -> float:
+    """Run (or resume) one campaign; wall seconds of this call."""
+    t0 = time.perf_counter()
+    with open(log, "a") as fh:
+        res = subprocess.run(
+            [sys.executable, "-m", "ubmd.cli", "run", str(path), "--site", "local", "--no-live"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    if res.returncode != 0:
+        raise SystemExit(f"campaign {path} failed (exit {res.returncode}); see {log}")
+    return time.perf_counter() - t0
+
+
+def final_row(directory: Path) -> dict:
+    rep = json.loads((directory / "final" / "report.json").read_text())
+    row = {
+        "labels": rep["labels"],
+        "coverage": rep.get("ramachandran_coverage"),
+        "E_300K": 1000 * rep["test"]["energy_rmse_eV_atom"],
+        "F_300K": rep["test"]["force_rmse_eV_A"],
+    }
+    plane = (rep.get("tests") or {}).get("plane")
+    if plane:
+        row["E_plane"] = 1000 * plane["energy_rmse_eV_atom"]
+        row["F_plane"] = plane["force_rmse_eV_A"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="small")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=["biased", "unbiased"])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "paper_bench")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for seed in args.seeds:
+        for variant in args.variants:
+            path = campaign_file(args.scale, variant, seed, args.out)
+            directory = args.out / path.stem
+            times = directory / "wall_time_s.json"
+            wall = json.loads(times.read_text()) if times.exists() else 0.0
+            if not (directory / "final" / "report.json").exists():
+                wall += run(path, args.out / f"{path.stem}.log")
+                times.write_text(json.dumps(wall))
+            rows.append({"variant": variant, "seed": seed, **final_row(directory), "wall_s": wall})
+            print(_fmt_row(rows[-1]), flush=True)
+    print("\nmean (spread = sample std over seeds)")
+    keys = [k for k in rows[0] if k not in ("variant", "seed")]
+    means = {}
+    for variant in args.variants:
+        mine = [r for r in rows if r["variant"] == variant]
+        cells = []
+        for k in keys:
+            vals = [r[k] for r in mine if r.get(k) is not None]
+            if not vals:
+                continue
+            mean = statistics.fmean(vals)
+            std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            means[(variant, k)] = mean
+            cells.append(f"{k} {mean:.4g} ± {std:.2g}")
+        print(f"{variant:9s} n={len(mine)}  " + "  ".join(cells))
+    if ("biased", "F_plane") in means and ("unbiased", "F_plane") in means:
+        ratio = means[("biased", "F_plane")] / means[("unbiased", "F_plane")]
+        print(f"whole-plane force RMSE biased/unbiased: {ratio:.3f}")
+
+
+def _fmt_row(row: dict) -> str:
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+
+
+if __name__ == "__main__":
+    main()
