@@ -32,8 +32,17 @@ def _parse_variant(text: str) -> tuple[str, str, dict]:
     options = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        options[key] = float(value) if "." in value or "e" in value else int(value)
+        options[key] = _value(value)
     return text, kind, options
+
+
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _errors(model, arrays) -> tuple[float, float, float]:
@@ -65,11 +74,9 @@ def _errors(model, arrays) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    import dataclasses
-
     from ubmd import keys
-    from ubmd.models.data import labelled_arrays, select
-    from ubmd.models.train import TrainConfig, train_model
+    from ubmd.models.data import labelled_arrays
+    from ubmd.models.train import TrainConfig
     from ubmd.store import StructureStore
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -81,7 +88,7 @@ def main() -> None:
         help="e.g. scratch, 'warm:max_epochs=100,lr=0.001' (repeatable)",
     )
     parser.add_argument("--base", default="", help="base TrainConfig fields, key=value,...")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, nargs="+", default=[0])
     parser.add_argument(
         "--final-only",
         action="store_true",
@@ -102,37 +109,63 @@ def main() -> None:
     if args.final_only:
         iterations = iterations[-1:]
     print(f"{len(its)} labels, iterations {iterations[0]}..{iterations[-1]}; tests {list(tests)}")
-    final: dict[str, float] = {}
-    for name, kind, options in variants:
-        model, cpu = None, 0.0
-        for it in iterations:
-            data = select(arrays, np.flatnonzero(its < it))
-            config = dataclasses.replace(
-                base_config, seed=args.seed + (0 if args.final_only else it)
+    final: dict[str, list[list[float]]] = {}  # variant -> per seed [E, F] of each test set
+    for seed in args.seed:
+        for name, kind, options in variants:
+            model = _replay(
+                arrays, tests, iterations, base_config, kind, options, seed=seed, name=name,
+                every=args.every, final_only=args.final_only,
+            )  # fmt: skip
+            final.setdefault(name, []).append(
+                [v for t in tests.values() for v in np.array(_errors(model, t))[[0, 2]]]
             )
-            if (kind == "warm" and model is not None) or kind == "scratch":
-                config = dataclasses.replace(config, **options)
-            t0 = time.process_time()
-            model, history = train_model(config, data, init_model=model if kind == "warm" else None)
-            cpu += time.process_time() - t0
-            if (it - iterations[0]) % args.every and it != iterations[-1]:
-                continue
-            cells = []
-            for tname, tarr in tests.items():
-                e_rmse, e_mae, f_rmse = _errors(model, tarr)
-                cells.append(f"{tname}: E {e_rmse:6.2f} (MAE {e_mae:6.2f}) meV/at F {f_rmse:.4f}")
-                final[name] = f_rmse
+    if len(args.seed) > 1:
+        print(f"\nmean ± std over seeds {args.seed} (E meV/atom, F eV/Å) on {list(tests)}")
+        for name, rows in final.items():
+            m, s_ = np.mean(rows, axis=0), np.std(rows, axis=0, ddof=1)
             print(
-                f"{name:40s} it {it:3d} n {len(data[keys.N_ATOMS]):4d} ep {len(history):4d} "
-                + " | ".join(cells),
-                flush=True,
+                f"{name:40s} " + "  ".join(f"{a:.4g} ± {b:.2g}" for a, b in zip(m, s_, strict=True))
             )
-        print(f"{name:40s} CPU {cpu:.0f} s", flush=True)
     names = [v[0] for v in variants]
     warm = next((n for n in names if n.startswith("warm")), None)
     scratch = next((n for n in names if n.startswith("scratch")), None)
     if warm and scratch:
-        print(f"final force RMSE warm/scratch: {final[warm] / final[scratch]:.3f}")
+        ratio = np.mean(final[warm], axis=0)[-1] / np.mean(final[scratch], axis=0)[-1]
+        print(f"final force RMSE warm/scratch: {ratio:.3f}")
+
+
+def _replay(arrays, tests, iterations, base_config, kind, options, *, seed, name, every,
+            final_only):  # fmt: skip
+    """Train ``kind`` iteration by iteration (or once on every label); print its curve."""
+    import dataclasses
+
+    from ubmd import keys
+    from ubmd.models.data import select
+    from ubmd.models.train import train_model
+
+    its = arrays[keys.ITERATION]
+    model, cpu = None, 0.0
+    for it in iterations:
+        data = select(arrays, np.flatnonzero(its < it))
+        config = dataclasses.replace(base_config, seed=seed + (0 if final_only else it))
+        if (kind == "warm" and model is not None) or kind == "scratch":
+            config = dataclasses.replace(config, **options)
+        t0 = time.process_time()
+        model, history = train_model(config, data, init_model=model if kind == "warm" else None)
+        cpu += time.process_time() - t0
+        if (it - iterations[0]) % every and it != iterations[-1]:
+            continue
+        cells = []
+        for tname, tarr in tests.items():
+            e_rmse, e_mae, f_rmse = _errors(model, tarr)
+            cells.append(f"{tname}: E {e_rmse:6.2f} (MAE {e_mae:6.2f}) meV/at F {f_rmse:.4f}")
+        print(
+            f"{name:32s} seed {seed} it {it:3d} n {len(data[keys.N_ATOMS]):4d} "
+            f"ep {len(history):4d} " + " | ".join(cells),
+            flush=True,
+        )
+    print(f"{name:32s} seed {seed} CPU {cpu:.0f} s", flush=True)
+    return model
 
 
 if __name__ == "__main__":

@@ -151,3 +151,25 @@ def test_ema_keeps_averaged_weights_and_resumes_exactly(tmp_path):
         assert torch.equal(v, resumed.state_dict()[k]), k
     with pytest.raises(ValueError, match="ema_decay"):
         config(ema_decay=1.0)
+
+
+def test_energy_weight_ramps_to_its_final_value_and_validation_uses_it():
+    from ubmd.models.training_run import TrainingRun
+
+    cfg = config(max_epochs=5, energy_weight=10.0, energy_weight_final=110.0)
+    run = TrainingRun(
+        cfg, train_model(config(max_epochs=1), emt_dataset())[0], init_fingerprint=None
+    )
+    weights = [run.loss_config(e).energy_weight for e in range(5)]
+    assert weights == pytest.approx([10.0, 35.0, 60.0, 85.0, 110.0])
+    assert run.loss_config(None).energy_weight == 110.0
+    assert TrainingRun(config(), run.model, init_fingerprint=None).loss_config(3) == config()
+    with pytest.raises(ValueError, match="energy_weight_final"):
+        config(energy_weight_final=-1.0)
+    # a ramped run is deterministic and reports validation under the final weight
+    data = emt_dataset()
+    _, h1 = train_model(cfg, data)
+    _, h2 = train_model(cfg, data)
+    _, flat = train_model(config(max_epochs=5, energy_weight=110.0), data)
+    assert h1 == h2
+    assert h1[0]["valid_loss"] != flat[0]["valid_loss"]  # different training, same metric

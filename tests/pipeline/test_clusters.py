@@ -440,8 +440,9 @@ def test_label_task_works_in_the_sites_scratch_dir(tmp_path, shrunk, monkeypatch
     monkeypatch.setenv("UBMD_TEST_SCRATCH", str(tmp_path / "fast"))
     workdir = layout.label_workdir(0, 1)
     out = label_task(
-        config.model_dump(mode="json"), str(selection), 1, 0, str(layout.label(0, 1)),
-        str(workdir), launcher="mpiexec -n 4", scratch_dir="$UBMD_TEST_SCRATCH/ubmd",
+        config.model_dump(mode="json"), selection=str(selection), iteration=0, index=1,
+        out=str(layout.label(0, 1)), workdir=str(workdir), launcher="mpiexec -n 4",
+        scratch_dir="$UBMD_TEST_SCRATCH/ubmd",
     )  # fmt: skip
     assert out["status"] == "ok"
     assert layout.label(0, 1).is_file() and not workdir.exists()

@@ -66,7 +66,7 @@ def _test_metrics(config: CampaignConfig, bundle: str, device: str) -> dict[str,
 
 
 def report_task(
-    cfg: dict[str, Any], bundle: str, store_path: str, iteration: int | None, out: str
+    cfg: dict[str, Any], *, bundle: str, store_path: str, iteration: int | None, out: str
 ) -> dict[str, Any]:
     """Metrics and plots after an iteration (None: of the final model, on every label);
     rewrites the campaign's summary table and curve."""

@@ -47,7 +47,7 @@ def explorer_model(bundle: str, device: str, *, compile: bool = False, skin_A: f
 
 
 def explore_task(
-    cfg: dict[str, Any], bundle: str, starts: str, iteration: int, explorer: int, out: str
+    cfg: dict[str, Any], *, bundle: str, starts: str, iteration: int, explorer: int, out: str
 ) -> dict[str, Any]:
     """Run one explorer (``replicas`` batched replicas) and write its candidate file."""
     from ubmd.campaign.validate import explore_config
@@ -92,6 +92,7 @@ def explore_task(
 
 def select_task(
     cfg: dict[str, Any],
+    *,
     bundle: str,
     candidates: list[str],
     store_path: str,

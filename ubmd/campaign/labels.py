@@ -93,12 +93,12 @@ def labeler_settings(config: CampaignConfig, *, launcher: str = "") -> dict[str,
 
 def label_task(
     cfg: dict[str, Any],
+    *,
     selection: str,
-    index: int,
     iteration: int,
+    index: int,
     out: str,
     workdir: str,
-    *,
     launcher: str = "",
     scratch_dir: str = "",
 ) -> dict[str, Any]:
@@ -141,7 +141,7 @@ def label_task(
 
 
 def write_failed_label(
-    cfg: dict[str, Any], selection: Path, index: int, iteration: int, out: Path, reason: str
+    cfg: dict[str, Any], *, selection: Path, iteration: int, index: int, out: Path, reason: str
 ) -> None:
     config = as_config(cfg)
     atoms = read_frames(selection)[index]

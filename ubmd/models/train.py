@@ -59,6 +59,10 @@ class TrainConfig:
     dtype: str = "float32"
     grad_clip: float = 10.0
     ema_decay: float = 0.0  # exponential moving average of the weights (0: off), per step
+    # energy weight at the last epoch (None: constant): the weight rises linearly from
+    # energy_weight, so forces are learned first and energies refined last; validation (and
+    # the kept weights) always use the final weight
+    energy_weight_final: float | None = None
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_KINDS:
@@ -73,6 +77,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.energy_weight_final is not None and not self.energy_weight_final >= 0:
+            raise ValueError(f"energy_weight_final must be >= 0, got {self.energy_weight_final}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.valid_fraction < 1:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,8 +96,19 @@ class TrainingRun:
         if self.ema is not None:
             self.ema = {k: v.to(self.model.energy_shift.device) for k, v in state["ema"].items()}
 
+    def loss_config(self, epoch: int | None) -> TrainConfig:
+        """The config whose loss weights apply in ``epoch`` (None: the final, validation one)."""
+        final = self.config.energy_weight_final
+        if final is None:
+            return self.config
+        if epoch is None or self.config.max_epochs <= 1:
+            return dataclasses.replace(self.config, energy_weight=final)
+        t = min(1.0, epoch / (self.config.max_epochs - 1))
+        w0 = self.config.energy_weight
+        return dataclasses.replace(self.config, energy_weight=w0 + t * (final - w0))
+
     def epoch(self, epoch: int, train_samples, valid_samples) -> dict[str, Any]:
-        config, model = self.config, self.model
+        config, model = self.loss_config(epoch), self.model
         n = len(train_samples)
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=gen).tolist()
@@ -116,7 +128,7 @@ class TrainingRun:
             seen += len(idx)
         model.eval()
         with self._ema_weights():
-            valid = evaluate_loss(model, valid_samples, config)
+            valid = evaluate_loss(model, valid_samples, self.loss_config(None))
             improved = valid["loss"] < self.best_loss
             if improved:
                 self.best_state = {

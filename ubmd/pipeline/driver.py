@@ -184,7 +184,11 @@ class Driver:
             fut = self.tracker.add(
                 "report",
                 self.apps.report_task(
-                    self.cfg, str(self.layout.final_bundle), str(self.layout.store), None, str(out)
+                    self.cfg,
+                    bundle=str(self.layout.final_bundle),
+                    store_path=str(self.layout.store),
+                    iteration=None,
+                    out=str(out),
                 ),
             )
             self._wait([fut], "report")
@@ -206,7 +210,12 @@ class Driver:
                 self.tracker.add(
                     "explore",
                     self.apps.explore_task(
-                        self.cfg, str(self.layout.bundle(it)), str(starts), it, e, str(out)
+                        self.cfg,
+                        bundle=str(self.layout.bundle(it)),
+                        starts=str(starts),
+                        iteration=it,
+                        explorer=e,
+                        out=str(out),
                     ),
                 )
             )
@@ -231,11 +240,11 @@ class Driver:
                 "select",
                 self.apps.select_task(
                     self.cfg,
-                    str(self.layout.bundle(it)),
-                    cands,
-                    str(self.layout.store),
-                    it,
-                    str(out),
+                    bundle=str(self.layout.bundle(it)),
+                    candidates=cands,
+                    store_path=str(self.layout.store),
+                    iteration=it,
+                    out=str(out),
                 ),
             )
             self._wait([fut], "select")
@@ -259,7 +268,12 @@ class Driver:
                 self._store_label(result)
                 continue
             fut = self.apps.label_task(
-                self.cfg, str(selection), k, it, str(result), str(self.layout.label_workdir(it, k))
+                self.cfg,
+                selection=str(selection),
+                iteration=it,
+                index=k,
+                out=str(result),
+                workdir=str(self.layout.label_workdir(it, k)),
             )
             futures[self.tracker.add("label", fut)] = k
         pending = set(futures)
@@ -275,7 +289,12 @@ class Driver:
                     self._store_label(self.layout.label(it, k))
                 else:  # the task itself died (after parsl's retries): record it, never drop it
                     steps.write_failed_label(
-                        self.cfg, selection, k, it, self.layout.label(it, k), f"task failed: {exc}"
+                        self.cfg,
+                        selection=selection,
+                        iteration=it,
+                        index=k,
+                        out=self.layout.label(it, k),
+                        reason=f"task failed: {exc}",
                     )
                     self._store_label(self.layout.label(it, k))
             self.display.refresh()
@@ -299,7 +318,11 @@ class Driver:
             fut = self.tracker.add(
                 "report",
                 self.apps.report_task(
-                    self.cfg, str(self.layout.bundle(it)), str(self.layout.store), it, str(out)
+                    self.cfg,
+                    bundle=str(self.layout.bundle(it)),
+                    store_path=str(self.layout.store),
+                    iteration=it,
+                    out=str(out),
                 ),
             )
             self._wait([fut], "report")
