@@ -47,9 +47,9 @@ def test_readme_commands_exist():
     }
     from typer.testing import CliRunner
 
-    from ubmd.cli import _register_all, app
+    from ubmd.cli import app, get_app
 
-    _register_all()
+    get_app()
     for cmd in sorted(commands):
         res = CliRunner().invoke(app, [cmd, "--help"])
         assert res.exit_code == 0, (cmd, res.output)

@@ -56,7 +56,9 @@ class UBMDCalculator(Calculator):
         **kwargs: Any,
     ) -> None:
         """``compile``: evaluate a ``torch.compile``-d copy of the model (seconds to compile
-        at the first call, then faster calls: for long MD; see :mod:`ubmd.models.compiled`)."""
+        at the first call, then faster calls: for long MD; see :mod:`ubmd.models.compiled`).
+        For steady step times in long CPU runs, the application may also call
+        :func:`ubmd.md.allocator.retain_freed_memory` once (a process-wide malloc setting)."""
         super().__init__(**kwargs)
         if isinstance(model, list | tuple):
             from ubmd.models.ensemble import Ensemble
@@ -74,10 +76,6 @@ class UBMDCalculator(Calculator):
         self.estimator = estimator
         self.calibration = calibration
         self.device = next(model.parameters()).device
-        if self.device.type == "cpu":  # steady step times in long ASE MD runs too
-            from ubmd.md.allocator import retain_freed_memory
-
-            retain_freed_memory()
 
     @classmethod
     def from_file(

@@ -88,6 +88,9 @@ def ase_rate(calc, frames, n_rep, steps):
 
 
 def main() -> None:
+    from ubmd.md.allocator import retain_freed_memory
+
+    retain_freed_memory()  # what `ubmd explore` and campaign explorers do, for both paths
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=40)

@@ -33,12 +33,20 @@ SCALES = {
 }
 
 
-def campaign_file(scale: str, variant: str, seed: int, out: Path) -> Path:
-    """The shipped campaign with its seed, directory and (unbiased) sampler changed; paths made
-    absolute so the file works from ``out``."""
+def campaign_file(
+    scale: str, variant: str, seed: int, out: Path, *, changes: dict | None = None, tag: str = ""
+) -> Path:
+    """The shipped campaign with its seed, directory and (unbiased) sampler changed, plus
+    ``changes`` (dotted key -> value); paths made absolute so the file works from ``out``."""
     source = SCALES[scale]
     data = yaml.safe_load(source.read_text())
-    name = f"{scale}_{variant}_seed{seed}"
+    for dotted, value in (changes or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    name = f"{scale}{tag}_{variant}_seed{seed}"
     data.update(name=name, seed=seed, directory=str(out / name))
 
     def absolute(p: str) -> str:
@@ -96,12 +104,26 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["biased", "unbiased"])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "paper_bench")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the campaign for both variants, e.g. exploration.start_from=store (YAML value)",
+    )
+    parser.add_argument("--tag", default="", help="appended to the scale in run names")
     args = parser.parse_args()
+    changes = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        changes[key] = yaml.safe_load(value)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:
         for variant in args.variants:
-            path = campaign_file(args.scale, variant, seed, args.out)
+            path = campaign_file(args.scale, variant, seed, args.out, changes=changes, tag=args.tag)
             directory = args.out / path.stem
             times = directory / "wall_time_s.json"
             wall = json.loads(times.read_text()) if times.exists() else 0.0

@@ -10,7 +10,7 @@ from ase.calculators.emt import EMT
 from label_helpers import H2O32_OUT, make_script
 from typer.testing import CliRunner
 
-from ubmd.cli import _register_all, app
+from ubmd.cli import app, get_app
 from ubmd.store import StructureStore
 
 runner = CliRunner()
@@ -18,7 +18,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module", autouse=True)
 def _commands():
-    _register_all()
+    get_app()
 
 
 def copper_frames(path):

@@ -73,7 +73,7 @@ def test_bias_force_is_gradient_of_real_uncertainty(method, potential, ala2):
 
 
 def test_biased_explorer_with_calibrated_posterior_and_cli(potential, ala2, tmp_path):
-    from ubmd.cli import _register_all, app
+    from ubmd.cli import app, get_app
     from ubmd.uncertainty import calibrate_model, save_bundle
 
     model, est = _estimator("posterior", potential, ala2)
@@ -95,7 +95,7 @@ def test_biased_explorer_with_calibrated_posterior_and_cli(potential, ala2, tmp_
     assert (data[keys.BIAS_STRENGTH][data[keys.MD_STEP] >= 10] > 0).all()
 
     # the command line: same model from a file
-    _register_all()
+    get_app()
     path = tmp_path / "model.pt"
     save_bundle(path, model, est, cal)
     # the library takes the file path or a (model, estimator, calibration) tuple as well

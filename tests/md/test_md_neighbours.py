@@ -186,7 +186,7 @@ def test_explore_cli_compile_matches_eager(tmp_path):
     from typer.testing import CliRunner
 
     from ubmd import keys
-    from ubmd.cli import _register_all, app
+    from ubmd.cli import app, get_app
     from ubmd.md.writer import read_candidates
     from ubmd.models import build_model
     from ubmd.uncertainty import UncertaintyConfig, fit_uncertainty, save_bundle
@@ -196,7 +196,7 @@ def test_explore_cli_compile_matches_eager(tmp_path):
     frames = read(ALA2, ":10")
     save_bundle(tmp_path / "m.pt", model, fit_uncertainty(model, frames, UncertaintyConfig()))
     frames[0].write(tmp_path / "s.xyz")
-    _register_all()
+    get_app()
     runner = CliRunner()
     common = [str(tmp_path / "m.pt"), str(tmp_path / "s.xyz"), "--steps", "20", "--replicas",
               "2", "--record-every", "10", "--window", "4"]  # fmt: skip
@@ -240,3 +240,18 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, tmp_path):
                                              dtype="float32"), md, read(ALA2, ":1"),
                                out_path=tmp_path / "c.h5")  # fmt: skip
     assert summary["compiled"] is False and md.compile_requested
+
+
+def test_library_objects_leave_the_allocator_alone(monkeypatch):
+    """Constructing a model adapter or an ASE calculator changes no process-wide setting."""
+    import ubmd.md.allocator as allocator
+    from ubmd.calculator import UBMDCalculator
+    from ubmd.md.adapter import UBMDModel
+    from ubmd.models.builtin import PaiNN
+
+    calls = []
+    monkeypatch.setattr(allocator, "retain_freed_memory", lambda: calls.append(1) or True)
+    model = PaiNN([1, 6], n_features=8)
+    UBMDModel(model)
+    UBMDCalculator(model)
+    assert calls == []

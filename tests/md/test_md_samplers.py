@@ -110,7 +110,7 @@ def test_adversarial_from_the_command_line(tmp_path):
     from ase.io import read
     from typer.testing import CliRunner
 
-    from ubmd.cli import _register_all, app
+    from ubmd.cli import app, get_app
     from ubmd.models import build_model
     from ubmd.uncertainty import UncertaintyConfig, fit_uncertainty, save_bundle
 
@@ -121,7 +121,7 @@ def test_adversarial_from_the_command_line(tmp_path):
         tmp_path / "m.pt", model, fit_uncertainty(model, read(data, ":8"), UncertaintyConfig())
     )
     read(data, index=0).write(tmp_path / "s.xyz")
-    _register_all()
+    get_app()
     args = ["explore", str(tmp_path / "m.pt"), str(tmp_path / "s.xyz"), "--sampler", "adversarial",
             "--steps", "6", "--record-every", "3", "-o", str(tmp_path / "adv.h5")]  # fmt: skip
     res = CliRunner().invoke(app, [*args, "--training-data", str(data)])

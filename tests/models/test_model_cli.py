@@ -6,7 +6,7 @@ from ase.io import read, write
 from model_helpers import ALA2
 from typer.testing import CliRunner
 
-from ubmd.cli import _register_all, app
+from ubmd.cli import app, get_app
 from ubmd.models import load_model
 
 runner = CliRunner()
@@ -18,7 +18,7 @@ def text(result) -> str:
 
 
 def test_train_then_evaluate(tmp_path):
-    _register_all()
+    get_app()
     frames = read(ALA2, index=":12")
     write(tmp_path / "train.extxyz", frames[:8])
     write(tmp_path / "test.extxyz", frames[8:])
@@ -42,7 +42,7 @@ def test_train_then_evaluate(tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    _register_all()
+    get_app()
     (tmp_path / "bad.yaml").write_text("learning_rate: 0.1\n")
     frames = read(ALA2, index=":2")
     write(tmp_path / "d.extxyz", frames)
@@ -66,7 +66,7 @@ def test_evaluate_prints_calibrated_coverage(tmp_path):
     from ubmd.uncertainty import UncertaintyConfig, fit_uncertainty
     from ubmd.uncertainty.bundle import calibrate_model, save_bundle
 
-    _register_all()
+    get_app()
     frames = read(ALA2, index=":60")
     config = TrainConfig(
         model_options={"n_features": 8, "n_basis": 6, "readout_hidden": 4}, max_epochs=1,

@@ -297,13 +297,13 @@ def test_worker_killed_mid_task_is_retried(shrunk):
 def test_bad_campaign_fails_before_any_task(shrunk, change, message):
     from typer.testing import CliRunner
 
-    from ubmd.cli import _register_all, app
+    from ubmd.cli import app, get_app
 
     config = shrunk(name="bad")
     data = yaml.safe_load(config.read_text())
     change(data)
     config.write_text(yaml.safe_dump(data))
-    _register_all()
+    get_app()
     res = CliRunner().invoke(app, ["run", str(config), "--site", "local", "--no-live"])
     assert res.exit_code == 2, res.output
     assert message in res.output
@@ -331,13 +331,13 @@ def _cpu(p: psutil.Process) -> float:
 def test_bad_model_hyperparameter_is_caught_before_training(shrunk):
     from typer.testing import CliRunner
 
-    from ubmd.cli import _register_all, app
+    from ubmd.cli import app, get_app
 
     config = shrunk(name="badhp")
     data = yaml.safe_load(config.read_text())
     data["model"]["hyperparameters"] = {"n_featurez": 8}
     config.write_text(yaml.safe_dump(data))
-    _register_all()
+    get_app()
     res = CliRunner().invoke(app, ["run", str(config), "--no-live"])
     assert res.exit_code == 2
     assert "n_featurez" in res.output

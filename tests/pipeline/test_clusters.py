@@ -319,12 +319,12 @@ def no_scheduler(tmp_path, monkeypatch):
 def test_dry_run_every_shipped_site_without_scheduler(no_scheduler, shrunk):
     from typer.testing import CliRunner
 
-    from ubmd.cli import _register_all, app
+    from ubmd.cli import app, get_app
     from ubmd.pipeline.sites import SITE_DIR
 
     config = shrunk(name="dry")
     root = Path(yaml.safe_load(config.read_text())["directory"])
-    _register_all()
+    get_app()
     for site in sorted(SITE_DIR.glob("*.yaml")):
         res = CliRunner().invoke(app, ["run", str(config), "--site", str(site), "--dry-run"])
         assert res.exit_code == 0, f"{site.name}: {res.output}"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ubmd.cli import _register_all, app
+from ubmd.cli import app, get_app
 from ubmd.select import design_report, select_batch
 
 runner = CliRunner()
@@ -15,7 +15,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    _register_all()
+    get_app()
     d = tmp_path_factory.mktemp("sel")
     rng = np.random.default_rng(0)
     pool = rng.normal(size=(80, 12)).astype(np.float32)

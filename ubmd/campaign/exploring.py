@@ -59,6 +59,10 @@ def explore_task(
     import dataclasses
 
     ec = dataclasses.replace(ec, device=device, explorer_id=explorer)
+    if device == "cpu":  # an explorer worker runs long MD: keep its per-step buffers
+        from ubmd.md.allocator import retain_freed_memory
+
+        retain_freed_memory()
     frames = read_frames(starts)
     rng = np.random.default_rng(task_seed(config, "starts", iteration, explorer))
     picks = rng.choice(

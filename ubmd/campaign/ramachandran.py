@@ -1,9 +1,9 @@
 """Backbone dihedrals of alanine dipeptide and the quadtree coverage of the Ramachandran plane.
 
-Coverage (DESIGN.md): a quadtree over (phi, psi) in [-180, 180)^2 with levels 0..depth;
-a node at level h weighs 4**-h and counts once when any frame falls in it. The sum over
-visited nodes is normalised by its maximum (depth + 1, every node visited) so that the
-coverage lies in [0, 1]. Level 0 is the whole plane, level ``depth`` has 4**depth cells.
+Coverage (docs/science.md, "Ramachandran coverage"): a quadtree over (phi, psi) in
+[-180, 180)^2 with levels 0..depth; a node at level h weighs 4**-h and counts once when any
+frame falls in it. The sum over visited nodes is normalised by its maximum (depth + 1, every
+node visited) so that the coverage lies in [0, 1]. Level 0 is the whole plane, level ``depth`` has 4**depth cells.
 """
 
 from __future__ import annotations

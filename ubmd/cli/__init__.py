@@ -47,11 +47,18 @@ def _root(
         raise typer.Exit()
 
 
-def _register_all() -> None:
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(app)
+_registered = False
+
+
+def get_app() -> typer.Typer:
+    """The application with every command registered (once, however often this is called)."""
+    global _registered
+    if not _registered:
+        for name in _COMMAND_MODULES:
+            importlib.import_module(name).register(app)
+        _registered = True
+    return app
 
 
 def main() -> None:
-    _register_all()
-    app()
+    get_app()()

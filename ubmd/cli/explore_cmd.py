@@ -116,6 +116,10 @@ def explore(
         from ubmd.md.schedule import LinearRamp
         from ubmd.md.stop import StopRules
 
+        if device == "cpu":  # this process runs long MD: keep its per-step buffers
+            from ubmd.md.allocator import retain_freed_memory
+
+            retain_freed_memory()
         md_model = _load_model(model, device, compile=compile_model, skin_A=skin)
         if dtype is None:
             dtype = str(getattr(md_model, "dtype", "float64")).removeprefix("torch.")

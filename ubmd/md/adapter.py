@@ -65,10 +65,6 @@ class UBMDModel:
         self.has_calibration = calibration is not None and estimator is not None
         self.cutoff = float(model.cutoff)
         self.species = set(int(z) for z in model.species)
-        if self.device.type == "cpu":
-            from ubmd.md.allocator import retain_freed_memory
-
-            retain_freed_memory()
         self.neighbours = VerletLists(self.cutoff, skin_A=skin_A, species=self.species)
 
     @classmethod

@@ -6,6 +6,9 @@ returns them to the kernel on free, so every step pays fresh page faults: measur
 a compiled 32-replica step took 10-30 ms instead of a steady 10 ms. Raising the mmap and
 trim thresholds lets malloc recycle those blocks. The cost is that up to the trim
 threshold of freed memory stays with the process.
+
+A process-wide setting, so no library object makes it: applications that run long MD on CPU
+opt in (``ubmd explore``, the campaign's explorer tasks, the benchmarks).
 """
 
 from __future__ import annotations

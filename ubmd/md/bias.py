@@ -1,4 +1,4 @@
-"""Forces, stress and the uncertainty bias (DESIGN.md, "Uncertainty-biased MD").
+"""Forces, stress and the uncertainty bias (docs/science.md, "Uncertainty-biased MD").
 
 Biased energy E_b = E - tau_eff u. Per atom the force is
 

@@ -40,7 +40,7 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 @dataclass(frozen=True)
 class ExploreConfig:
-    """Settings of one explorer (units in the names; see DESIGN.md for the defaults).
+    """Settings of one explorer (units in the names; see docs/science.md for the defaults).
 
     ``sampler``: "biased_md" (uncertainty bias), "md" (no bias) or "uncertainty_cv"
     (metadynamics on the uncertainty, settings in ``uncertainty_cv``; see
