@@ -28,6 +28,9 @@ ENERGY = "energy"  # (S,) float: total potential energy, eV
 FREE_ENERGY = "free_energy"  # (S,) float: Mermin free energy where the code gives one, eV
 FORCES = "forces"  # (A, 3) float: eV/Å
 STRESS = "stress"  # (S, 6) float: ASE Voigt, eV/Å^3 (NaN rows where HAS_STRESS is False)
+# ASE's Voigt order xx, yy, zz, yz, xz, xy: the (row, column) of each component in a 3x3 tensor
+VOIGT_ROWS = (0, 1, 2, 1, 0, 0)
+VOIGT_COLS = (0, 1, 2, 2, 2, 1)
 HAS_STRESS = "has_stress"  # (S,) bool: whether STRESS holds a label
 ATOMIC_ENERGIES = "atomic_energies"  # (A,) float: per-atom energy contributions, eV
 

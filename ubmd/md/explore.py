@@ -100,9 +100,7 @@ class ExploreConfig:
 
 def voigt(stress: torch.Tensor) -> torch.Tensor:
     """(R, 3, 3) -> (R, 6) ASE Voigt order xx, yy, zz, yz, xz, xy."""
-    i = torch.tensor([0, 1, 2, 1, 0, 0], device=stress.device)
-    j = torch.tensor([0, 1, 2, 2, 2, 1], device=stress.device)
-    return stress[:, i, j]
+    return stress[:, keys.VOIGT_ROWS, keys.VOIGT_COLS]
 
 
 def frames_from(

@@ -170,9 +170,7 @@ def compute(
             if stress:
                 g = grads[-1] if grads[-1] is not None else torch.zeros_like(graph.strain)
                 virial = 0.5 * (g + g.transpose(1, 2)) / graph.volume()[:, None, None]
-                idx = torch.tensor([0, 1, 2, 1, 0, 0], device=graph.device)
-                jdx = torch.tensor([0, 1, 2, 2, 2, 1], device=graph.device)
-                out[keys.STRESS] = virial[:, idx, jdx]
+                out[keys.STRESS] = virial[:, keys.VOIGT_ROWS, keys.VOIGT_COLS]
     if not create_graph:
         out = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
     return out

@@ -34,7 +34,7 @@ def _labels_of(atoms: Any, k: int) -> tuple[float, np.ndarray, np.ndarray | None
     if stress is not None:
         stress = np.asarray(stress, float)
         if stress.shape == (3, 3):
-            stress = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+            stress = stress[list(keys.VOIGT_ROWS), list(keys.VOIGT_COLS)]
     return float(energy), np.asarray(forces, float), stress
 
 

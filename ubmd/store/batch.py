@@ -25,7 +25,6 @@ from ubmd.store.schema import (
 )
 
 _ELLIPSIS = "…".encode()
-_VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
 
 @dataclass
@@ -76,7 +75,8 @@ def stress_to_voigt(stress: np.ndarray, n: int) -> np.ndarray:
     if stress.shape == (n, 6):
         return stress
     if stress.shape == (n, 3, 3):
-        return np.stack([(stress[:, i, j] + stress[:, j, i]) / 2 for i, j in _VOIGT], axis=1)
+        pairs = zip(keys.VOIGT_ROWS, keys.VOIGT_COLS, strict=True)
+        return np.stack([(stress[:, i, j] + stress[:, j, i]) / 2 for i, j in pairs], axis=1)
     raise ValueError(f"stress has shape {stress.shape}; expected ({n}, 6) or ({n}, 3, 3)")
 
 

@@ -198,9 +198,7 @@ def _as_models(model_or_ensemble: nn.Module | Sequence[nn.Module]) -> list[nn.Mo
 def strain_gradient_to_voigt(grad: Tensor, graph: Any) -> Tensor:
     """(1/V) dX/dε (S,3,3) → ASE Voigt (S,6): xx, yy, zz, yz, xz, xy (NaN for non-periodic)."""
     sym = 0.5 * (grad + grad.transpose(1, 2)) / graph.volume()[:, None, None]
-    return torch.stack(
-        [sym[:, 0, 0], sym[:, 1, 1], sym[:, 2, 2], sym[:, 1, 2], sym[:, 0, 2], sym[:, 0, 1]], dim=1
-    )
+    return sym[:, keys.VOIGT_ROWS, keys.VOIGT_COLS]
 
 
 def _two_vjps(
