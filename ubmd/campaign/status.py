@@ -72,6 +72,16 @@ def _phases(layout: CampaignLayout, it: int, config: dict[str, Any]) -> dict[str
     }
 
 
+def _current_phase(phases: dict[str, str]) -> str:
+    """The first phase of an iteration that is not complete, e.g. "explore 1/2"."""
+    for name, value in phases.items():
+        count = value.split()[0]
+        if value in ("done",) or ("/" in count and len(set(count.split("/"))) == 1):
+            continue
+        return f"{name} {count}" if count[0].isdigit() else name
+    return "report"
+
+
 def render_status(status: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -85,17 +95,22 @@ def render_status(status: dict[str, Any]) -> None:
             or "none yet"
         )
     )
-    table = Table("iteration", "phases", "labels ok", "force RMSE (eV/Å)", "Ramachandran cov.")
+    # one line per finished iteration; the phases only for the one in progress (80 columns)
+    table = Table("iter.", "state", "labels", "F RMSE eV/Å", "E meV/atom", "Rama. cov.")
     for entry in status["iterations"]:
         it = entry["iteration"]
         rep = entry["report"]
-        rmse = (rep.get("test") or {}).get("force_rmse_eV_A")
+        test = rep.get("test") or {}
+        rmse, e_rmse = test.get("force_rmse_eV_A"), test.get("energy_rmse_eV_atom")
         cov = rep.get("ramachandran_coverage")
+        finished = bool(rep) or (it == 0 and len(status["iterations"]) > 1)
+        state = "done" if finished else _current_phase(entry["phases"])
         table.add_row(
             str(it),
-            "; ".join(f"{k}: {v}" for k, v in entry["phases"].items()),
+            state,
             str(status["ok_labels_by_iteration"].get(it, 0)),
             "-" if rmse is None else f"{rmse:.4f}",
+            "-" if e_rmse is None else f"{1000 * e_rmse:.2f}",
             "-" if cov is None else f"{cov:.3f}",
         )
     console.print(table)
