@@ -98,6 +98,25 @@ def final_row(directory: Path) -> dict:
     return row
 
 
+def export(directory: Path, dest: Path, wall_s: float) -> None:
+    """The small artefacts behind a results table: what `ubmd evaluate` and a reader need."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for src, name in (
+        (directory / "final" / "model.pt", "model.pt"),
+        (directory / "final" / "report.json", "final_report.json"),
+        (directory / "final" / "ramachandran.png", "ramachandran.png"),
+        (directory / "store.h5", "store.h5"),
+        (directory / "campaign.yaml", "campaign.yaml"),
+        (directory / "reports" / "summary.tsv", "summary.tsv"),
+        (directory / "reports" / "learning_curve.png", "learning_curve.png"),
+    ):
+        if src.exists():
+            shutil.copyfile(src, dest / name)
+    (dest / "wall_time_s.json").write_text(json.dumps(wall_s))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
@@ -112,6 +131,11 @@ def main() -> None:
         help="change the campaign for both variants, e.g. exploration.start_from=store (YAML value)",
     )
     parser.add_argument("--tag", default="", help="appended to the scale in run names")
+    parser.add_argument(
+        "--export",
+        type=Path,
+        help="copy each campaign's final model, store, summary and plots to EXPORT/NAME/",
+    )
     args = parser.parse_args()
     changes = {}
     for item in args.set:
@@ -131,6 +155,8 @@ def main() -> None:
                 wall += run(path, args.out / f"{path.stem}.log")
                 times.write_text(json.dumps(wall))
             rows.append({"variant": variant, "seed": seed, **final_row(directory), "wall_s": wall})
+            if args.export is not None:
+                export(directory, args.export / path.stem, wall)
             print(_fmt_row(rows[-1]), flush=True)
     print("\nmean (spread = sample std over seeds)")
     keys = [k for k in rows[0] if k not in ("variant", "seed")]

@@ -128,3 +128,20 @@ def test_help_texts(app) -> None:
     for cmd in ("info", "export", "import", "validate"):
         res = run(app, cmd, "--help")
         assert res.exit_code == 0 and "Usage" in res.output
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--status", "bogus"], "status 'bogus' is not a record status (accepted: 'ok', 'failed')"),
+        (["--sampler", "nope"], "matches sampler 'nope'; nothing written"),
+        (["--iteration", "7"], "matches iteration [7]; nothing written"),
+    ],
+)
+def test_export_of_nothing_is_an_error_and_writes_no_file(app, store, tmp_path, options, message):
+    out = tmp_path / "out.extxyz"
+    res = run(app, "export", store, out, *options)
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+    assert not out.exists()

@@ -92,6 +92,24 @@ def export_cmd(
             atoms = st.read_atoms(
                 iteration=iteration or None, status=status, sampler=sampler, labeler=labeler
             )
+            if not atoms:
+                info = st.info()
+        if not atoms:
+            filters = {"iteration": iteration or None, "status": status, "sampler": sampler,
+                       "labeler": labeler}  # fmt: skip
+            asked = ", ".join(f"{k} {v!r}" for k, v in filters.items() if v is not None)
+            have = "; ".join(
+                f"{k}: {', '.join(map(str, info.get(key, {})))}"
+                for k, key in (
+                    ("iterations", "by_iteration"),
+                    ("samplers", "by_sampler"),
+                    ("labelers", "by_labeler"),
+                )
+            )
+            raise ValueError(
+                f"no structure in {store} matches {asked or 'the store'}; nothing written "
+                f"(the store has {have or 'no structures'})"
+            )
         write_structures(out, atoms)
         typer.echo(f"exported {len(atoms)} structures to {out}")
 

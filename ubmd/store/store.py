@@ -15,6 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ubmd import keys
 from ubmd.store import h5file, reading
 from ubmd.store.batch import Batch, atoms_to_arrays, make_batch
 from ubmd.store.lock import WriterLock
@@ -329,6 +330,11 @@ class StructureStore:
         labeler: str | None = None,
     ) -> np.ndarray:
         """Store rows matching all given filters (``indices`` keeps its order)."""
+        if status is not None and status not in (keys.STATUS_OK, keys.STATUS_FAILED):
+            raise ValueError(
+                f"status {status!r} is not a record status (accepted: "
+                f"{keys.STATUS_OK!r}, {keys.STATUS_FAILED!r})"
+            )
         n = len(self)
         if indices is None:
             rows = np.arange(n, dtype=np.int64)
