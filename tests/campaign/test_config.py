@@ -52,6 +52,8 @@ def test_misspelt_keys_name_the_nearest_valid_key(tmp_path, mutate, pattern):
         (lambda d: d.update(systems=[]), "systems"),
         (lambda d: d.update(dtype="float16"), "dtype"),
         (lambda d: d.update(uncertainty={"calibration": {"alpha": 1.5}}), "alpha"),
+        (lambda d: d.update(device="tpu"), r"device 'tpu' is not one ubmd runs on \(accepted"),
+        (lambda d: d.update(device="cuda:x"), "device 'cuda:x'"),
     ],
 )
 def test_wrong_types_and_ranges_are_named(tmp_path, mutate, pattern):
@@ -68,6 +70,11 @@ def test_load_missing_and_broken_files(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_campaign(bad)
+
+
+def test_devices_accepted():
+    for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert parse_campaign({**_minimal(), "device": device}).device == device
 
 
 def test_shipped_workflows_parse():

@@ -10,11 +10,12 @@ Relative paths are resolved against the campaign file's folder.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ubmd.strict import ConfigError, check_keys, format_validation_error
 
@@ -118,6 +119,15 @@ class CampaignConfig(_Strict):
     stopping: StoppingSpec = StoppingSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     base_dir: str = "."  # folder of the campaign file; relative paths are resolved against it
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError(
+                f"device {value!r} is not one ubmd runs on (accepted: auto, cpu, cuda, cuda:N, mps)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _names(self) -> CampaignConfig:
