@@ -105,3 +105,25 @@ def test_load_features_checks_files(tmp_path):
         h5["features"] = np.ones((4, 3))
     feats, unc = load_features(tmp_path / "x.h5")
     assert feats.shape == (4, 3) and unc is None
+
+
+@pytest.mark.parametrize(
+    ("command", "batch", "message"),
+    [
+        ("design", "81", "batch_size=81 is larger than the candidate pool (80 candidates)"),
+        ("select", "81", "batch_size=81 is larger than the candidate pool (80 candidates)"),
+        ("design", "0", "--batch-size"),
+        ("select", "0", "--batch-size"),
+    ],
+)
+def test_batch_sizes_outside_the_pool_are_refused(files, command, batch, message):
+    d = files[0]
+    res = runner.invoke(app, [command, str(d / "pool.npz"), "--batch-size", batch])
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+
+
+def test_design_report_refuses_a_batch_larger_than_the_pool(files):
+    with pytest.raises(ValueError, match="larger than the candidate pool"):
+        design_report(files[1], batch_size=81)

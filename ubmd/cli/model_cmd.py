@@ -109,7 +109,7 @@ def evaluate(
     data: list[Path] = typer.Argument(..., help="Labelled test data: extxyz files or ubmd stores (.h5)."),
     calibration: bool = typer.Option(False, "--calibration", help="Also print the empirical coverage of the calibrated uncertainties stored with the model."),
     device: str | None = typer.Option(None, "--device", help="torch device (default: cpu)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Structures per evaluation batch."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Structures per evaluation batch."),
 ) -> None:  # fmt: skip
     with user_errors():
         from rich.console import Console

@@ -22,7 +22,9 @@ def select(
         "-m",
         help="random, max_unc, max_dist, max_det, lcmd or kmeans_pp (BMDAL definitions).",
     ),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", help="How many candidates to pick."),
+    batch_size: int = typer.Option(
+        8, "--batch-size", "-b", min=1, help="How many candidates to pick."
+    ),
     train: Path | None = typer.Option(None, "--train", "-t", help=_TRAIN_HELP),
     kernel: str = typer.Option(
         "linear", "--kernel", help="'linear' (scaled features) or 'posterior' (needs --train)."
@@ -96,7 +98,7 @@ def design(
         1e-3, "--threshold", help="Gain below which a candidate adds no information."
     ),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", "-b", help="Also report the log-det gain of a D-optimal batch."
+        None, "--batch-size", "-b", min=1, help="Also report the log-det gain of a D-optimal batch."
     ),
     plot: Path | None = typer.Option(
         None, "--plot", help="Save a PNG: sorted gains and the training eigenvalue spectrum."

@@ -61,7 +61,8 @@ def _check_options(method: str, kernel: str, sigma: float, duplicate_tol: float)
         raise ValueError(f"duplicate_tol must be >= 0; got {duplicate_tol!r}")
 
 
-def _check_batch_size(batch_size: int, n: int) -> None:
+def check_batch_size(batch_size: int, n: int) -> None:
+    """Raise ValueError unless 1 <= batch_size <= n (the pool size), naming both."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
         raise ValueError(f"batch_size must be an integer; got {batch_size!r}")
     if batch_size < 1:
@@ -114,7 +115,7 @@ def select_batch(
     n = raw.shape[0]
     if n == 0:
         raise ValueError("the candidate pool is empty")
-    _check_batch_size(batch_size, n)
+    check_batch_size(batch_size, n)
     train = None
     if train_features is not None:
         train = as_matrix(train_features, "train_features", device=dev)

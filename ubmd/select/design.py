@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ubmd.select import methods as m
-from ubmd.select.batch import DEFAULT_DUPLICATE_TOL, _check_batch_size
+from ubmd.select.batch import DEFAULT_DUPLICATE_TOL, check_batch_size
 from ubmd.select.features import (
     CHUNK_ROWS,
     DuplicateGuard,
@@ -123,7 +123,7 @@ def d_optimal(
     """
     dev, raw, train, s = _prepare(candidate_features, train_features, device, lam)
     n, k = raw.shape
-    _check_batch_size(batch_size, n)
+    check_batch_size(batch_size, n)
     b = int(batch_size)
     mat = _info_matrix(train, s, k, lam, dtype, dev)
     start, chol = _logdet(mat)
@@ -236,7 +236,7 @@ def a_optimal(
     """A-optimal batch, greedy: each pick maximises the drop of trace M⁻¹."""
     dev, raw, train, s = _prepare(candidate_features, train_features, device, lam)
     n, k = raw.shape
-    _check_batch_size(batch_size, n)
+    check_batch_size(batch_size, n)
     b = int(batch_size)
     mat = _info_matrix(train, s, k, lam, dtype, dev)
     minv = torch.cholesky_inverse(torch.linalg.cholesky(mat))

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ubmd.select.batch import check_batch_size
 from ubmd.select.design import DEFAULT_LAM, _info_matrix, _prepare, d_optimal
 from ubmd.select.features import CHUNK_ROWS
 
@@ -94,6 +95,8 @@ def design_report(
         raise ValueError(f"gain_threshold must be >= 0; got {gain_threshold!r}")
     dev, raw, train, s = _prepare(candidate_features, train_features, device, lam)
     n, k = raw.shape
+    if batch_size is not None:
+        check_batch_size(batch_size, n)
     n_train = 0 if train is None else int(train.shape[0])
     mat = _info_matrix(train, s, k, lam, dtype, dev)
     eig = torch.linalg.eigvalsh(mat).flip(0) - lam  # eigenvalues of Φ_TᵀΦ_T
@@ -122,7 +125,7 @@ def design_report(
     adds = n_inf > 0
     batch_gain = None
     if batch_size is not None:
-        res = d_optimal(raw, min(int(batch_size), n), train_features=train, lam=lam, dtype=dtype)
+        res = d_optimal(raw, batch_size, train_features=train, lam=lam, dtype=dtype)
         batch_gain = res.value - res.start_value
     if adds:
         message = f"pool adds information: {n_inf} of {n} candidates raise log det by > {gain_threshold:g}"
