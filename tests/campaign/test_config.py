@@ -85,3 +85,28 @@ def test_shipped_workflows_parse():
         for system in cfg.systems:
             assert cfg.path(system.structure).is_file(), (f, system.structure)
         assert yaml.safe_load(f.read_text())["name"] == cfg.name
+
+
+def test_overrides_are_validated_like_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_minimal()))
+    cfg = load_campaign(path, overrides={"stopping.max_iterations": 20, "directory": "other"})
+    assert cfg.stopping.max_iterations == 20 and cfg.campaign_dir == tmp_path / "other"
+    with pytest.raises(ConfigError, match=r"max_iterations.*\(got -1\)"):
+        load_campaign(path, overrides={"stopping.max_iterations": -1})
+
+
+def test_command_line_override_fails_before_anything_is_created(tmp_path):
+    from typer.testing import CliRunner
+
+    from ubmd.cli import app, get_app
+
+    data = {**_minimal(), "directory": str(tmp_path / "run")}
+    data["systems"][0]["structure"] = str(ROOT / "data/ala2/alanine-dipeptide.extxyz")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    get_app()
+    res = CliRunner().invoke(app, ["run", str(path), "--site", "local", "--max-iterations", "-1"])
+    assert res.exit_code == 2, res.output
+    assert "(got -1)" in res.output and "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]

@@ -207,8 +207,12 @@ def parse_campaign(
         raise ConfigError(format_validation_error(exc, where)) from None
 
 
-def load_campaign(path: str | os.PathLike[str]) -> CampaignConfig:
-    """Read and validate a campaign YAML file."""
+def load_campaign(
+    path: str | os.PathLike[str], *, overrides: dict[str, Any] | None = None
+) -> CampaignConfig:
+    """Read and validate a campaign YAML file; ``overrides`` (dotted key -> value, e.g.
+    ``{"stopping.max_iterations": 20}``) replace values of the file before validation, so they
+    are checked exactly like the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"campaign file {str(path)!r} not found")
@@ -216,4 +220,13 @@ def load_campaign(path: str | os.PathLike[str]) -> CampaignConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if isinstance(data, dict):
+        for dotted, value in (overrides or {}).items():
+            *parents, leaf = dotted.split(".")
+            node = data
+            for key in parents:
+                node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{path}: cannot set {dotted}: '{key}' is not a section")
+            node[leaf] = value
     return parse_campaign(data, base_dir=path.parent, where=str(path))

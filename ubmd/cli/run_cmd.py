@@ -59,16 +59,12 @@ def run(
         from ubmd.campaign.config import load_campaign
         from ubmd.pipeline.sites import load_site
 
-        config = load_campaign(campaign)
-        updates = {}
+        overrides: dict[str, object] = {}
         if directory is not None:
-            updates["directory"] = str(directory.resolve())
+            overrides["directory"] = str(directory.resolve())
         if max_iterations is not None:
-            updates["stopping"] = config.stopping.model_copy(
-                update={"max_iterations": max_iterations}
-            )
-        if updates:
-            config = config.model_copy(update=updates)
+            overrides["stopping.max_iterations"] = max_iterations
+        config = load_campaign(campaign, overrides=overrides)
         site_config = load_site(site)
         if costs is not None and not dry_run:
             raise ValueError("--costs only applies with --dry-run")
