@@ -54,6 +54,7 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     else:
         raise TypeError(f"cannot build {cls!r}: not a dataclass or pydantic model")
     check_keys(data, valid, where)
+    _check_nested(cls, data, where)
     try:
         if dataclasses.is_dataclass(cls):
             return TypeAdapter(cls).validate_python(dict(data))
@@ -62,6 +63,66 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
         raise ConfigError(format_validation_error(exc, where)) from None
     except (TypeError, ValueError) as exc:  # raised by the class's own __post_init__ checks
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _config_class(annotation: Any) -> type | None:
+    """The dataclass or pydantic model an annotation names (also as ``X | None``; None for a
+    union of several, which pydantic tells apart by their keys)."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        candidates = typing.get_args(annotation)
+    elif origin is None:
+        candidates = (annotation,)
+    else:  # containers (dict[str, X], list[X]) are checked item by item
+        return None
+    found = [
+        c
+        for c in candidates
+        if isinstance(c, type) and (dataclasses.is_dataclass(c) or issubclass(c, BaseModel))
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def _items(annotation: Any, value: Any) -> list[tuple[str, type, Any]]:
+    """(suffix, class, item) for the config-class items of a dict[str, X] / list[X] value."""
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (dict, Mapping) and len(args) == 2 and isinstance(value, Mapping):
+        nested = _config_class(args[1])
+        return [(f".{k}", nested, v) for k, v in value.items()] if nested else []
+    if origin in (list, tuple) and args and isinstance(value, list | tuple):
+        nested = _config_class(args[0])
+        return [(f"[{i}]", nested, v) for i, v in enumerate(value)] if nested else []
+    return []
+
+
+def _check_nested(cls: type, data: Mapping[str, Any], where: str) -> None:
+    """Unknown keys in nested sections (e.g. ``stop`` inside explorer settings) are errors too:
+    pydantic would silently drop them for dataclasses."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation that cannot be resolved: nothing to recurse into
+        return
+    for key, value in data.items():
+        nested = _config_class(hints.get(key))
+        parts = [("", nested, value)] if nested else _items(hints.get(key), value)
+        for suffix, klass, item in parts:
+            if not isinstance(item, Mapping):
+                continue
+            if dataclasses.is_dataclass(klass):
+                valid = [f.name for f in dataclasses.fields(klass) if f.init]
+            else:
+                valid = list(klass.model_fields)
+            check_keys(item, valid, f"{where}.{key}{suffix}")
+            _check_nested(klass, item, f"{where}.{key}{suffix}")
 
 
 def format_validation_error(exc: Any, where: str) -> str:

@@ -110,3 +110,21 @@ def test_command_line_override_fails_before_anything_is_created(tmp_path):
     assert res.exit_code == 2, res.output
     assert "(got -1)" in res.output and "Traceback" not in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "pattern"),
+    [
+        ({"stop": {"max_atomic_uncertainy": 2.0}}, r"exploration\.settings\.stop; did you mean "
+                                                   "'max_atomic_uncertainty'"),
+        ({"barostat": {"mode": "isotropic", "tau_ps": 1}}, r"'tau_ps' in exploration\.settings\."
+                                                          "barostat"),
+        ({"uncertainty_cv": {"heigth_eV": 0.1}}, r"'heigth_eV'.*did you mean 'height_eV'"),
+    ],
+)  # fmt: skip
+def test_misspelt_keys_deep_in_library_sections_are_errors(tmp_path, settings, pattern):
+    from ubmd.campaign.validate import explore_config
+
+    cfg = parse_campaign({**_minimal(), "exploration": {"settings": settings}}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=pattern):
+        explore_config(cfg)
