@@ -126,3 +126,32 @@ def test_train_from_store_and_extxyz(tmp_path):
     m1, _ = train_model(config(max_epochs=1), str(tmp_path / "s.h5"))
     m2, _ = train_model(config(max_epochs=1), data)
     assert_same(weights(m1), weights(m2))
+
+
+def test_huber_loss_is_the_squared_error_below_its_deltas_and_linear_above():
+    from ubmd.models import data as mdata
+    from ubmd.models.training_run import _huber, batch_loss
+
+    x = torch.tensor([-3.0, -0.1, 0.0, 0.2, 2.0])
+    assert torch.allclose(_huber(x, 0.5), torch.tensor([2.75, 0.01, 0.0, 0.04, 1.75]))
+    data = emt_dataset()
+    model, _ = train_model(config(max_epochs=1), data)
+    arrays = mdata.labelled_arrays(data)
+    samples = mdata.make_samples(arrays, cutoff=model.cutoff, device="cpu", dtype=model.dtype)
+    batch = mdata.Sample.collate(samples)
+    mse, parts = batch_loss(model, batch, config(stress_weight=0.0), train=False)
+    wide, _ = batch_loss(
+        model, batch, config(stress_weight=0.0, loss="huber", huber_delta_energy=1e3,
+                             huber_delta_forces=1e3), train=False,
+    )  # fmt: skip
+    narrow, parts_h = batch_loss(
+        model, batch, config(stress_weight=0.0, loss="huber", huber_delta_energy=1e-4,
+                             huber_delta_forces=1e-4), train=False,
+    )  # fmt: skip
+    assert float(wide) == pytest.approx(float(mse), rel=1e-12)
+    assert float(narrow) < float(mse)
+    assert parts_h == parts  # reported errors stay mean squared errors
+    with pytest.raises(ValueError, match="loss must be"):
+        config(loss="l1")
+    with pytest.raises(ValueError, match="huber_delta_forces"):
+        config(huber_delta_forces=0.0)

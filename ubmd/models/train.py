@@ -63,6 +63,9 @@ class TrainConfig:
     # energy_weight, so forces are learned first and energies refined last; validation (and
     # the kept weights) always use the final weight
     energy_weight_final: float | None = None
+    loss: str = "mse"  # "mse" or "huber" (squared below the deltas, linear above)
+    huber_delta_energy: float = 0.05  # eV/atom
+    huber_delta_forces: float = 0.5  # eV/Å, per component
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_KINDS:
@@ -77,6 +80,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.loss not in ("mse", "huber"):
+            raise ValueError(f"loss must be 'mse' or 'huber', got {self.loss!r}")
+        for name in ("huber_delta_energy", "huber_delta_forces"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.energy_weight_final is not None and not self.energy_weight_final >= 0:
             raise ValueError(f"energy_weight_final must be >= 0, got {self.energy_weight_final}")
         if not 0 <= self.ema_decay < 1:

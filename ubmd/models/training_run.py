@@ -28,9 +28,14 @@ def batch_loss(model, sample: mdata.Sample, config: TrainConfig, *, train: bool)
     want_stress = config.stress_weight > 0 and bool(sample.has_stress.any())
     out = compute(model, sample.graph, forces=True, stress=want_stress, create_graph=train)
     n = sample.graph.n_atoms.to(sample.energy.dtype)
-    e_mse = (((out["energy"] - sample.energy) / n) ** 2).mean()
-    f_mse = ((out["forces"] - sample.forces) ** 2).mean()
-    loss = config.energy_weight * e_mse + config.forces_weight * f_mse
+    de, df = (out["energy"] - sample.energy) / n, out["forces"] - sample.forces
+    e_mse, f_mse = (de**2).mean(), (df**2).mean()
+    if config.loss == "huber":
+        e_pen = _huber(de, config.huber_delta_energy).mean()
+        f_pen = _huber(df, config.huber_delta_forces).mean()
+    else:
+        e_pen, f_pen = e_mse, f_mse
+    loss = config.energy_weight * e_pen + config.forces_weight * f_pen
     parts = {"energy_mse": float(e_mse.detach()), "forces_mse": float(f_mse.detach())}
     if want_stress:
         mask = sample.has_stress
@@ -38,6 +43,14 @@ def batch_loss(model, sample: mdata.Sample, config: TrainConfig, *, train: bool)
         loss = loss + config.stress_weight * s_mse
         parts["stress_mse"] = float(s_mse.detach())
     return loss, parts
+
+
+def _huber(x: torch.Tensor, delta: float) -> torch.Tensor:
+    """x² below ``delta``, then linear (2δ|x| − δ²): equal to the squared error for ordinary
+    errors, so the loss weights keep their meaning, while a few far-off structures (a broken
+    bond an explorer ran into) cannot dominate the gradient."""
+    a = x.abs()
+    return torch.where(a <= delta, x**2, 2 * delta * a - delta**2)
 
 
 def evaluate_loss(model, samples, config: TrainConfig) -> dict[str, float]:
