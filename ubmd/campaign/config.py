@@ -53,6 +53,9 @@ class ModelSpec(_Strict):
     warm_start: bool = True
     fine_tuning: dict[str, Any] = {}  # TrainConfig fields for warm-started runs
     retrain_every: int = Field(0, ge=0)
+    # leave labels this far above the lowest of their composition (eV/atom) out of training and
+    # calibration: bonds an explorer broke, which cost the model accuracy where it matters
+    max_energy_above_min_eV_atom: float | None = Field(None, gt=0)
 
 
 class CalibrationSpec(_Strict):

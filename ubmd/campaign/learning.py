@@ -22,7 +22,9 @@ def training_split(
     Rows are put in a canonical order (by content hash) first, so the split and the training
     order do not depend on the order labels happened to arrive in; the calibration split is
     re-drawn every iteration (docs/training.md). ``iteration=None``: the final model's
-    data, every ok label for training and none held out.
+    data, every ok label for training and none held out. With
+    ``model.max_energy_above_min_eV_atom``, labels that far above the lowest label of their
+    composition (per atom) are left out of both (they stay in the store).
     """
     from ubmd.models.data import select
     from ubmd.store import StructureStore
@@ -37,6 +39,9 @@ def training_split(
         hashes = store.content_hashes(rows)
         order = np.lexsort(hashes.T[::-1])  # canonical: by content hash bytes
         arrays = store.read_arrays(indices=rows[order])
+    limit = config.model.max_energy_above_min_eV_atom
+    if limit is not None:
+        arrays = select(arrays, np.flatnonzero(energy_above_minimum(arrays) <= limit))
     n = len(arrays[keys.N_ATOMS])
     if iteration is None:
         return arrays, select(arrays, np.zeros(0, dtype=int))
@@ -45,6 +50,21 @@ def training_split(
     n_cal = max(1, round(config.uncertainty.calibration.fraction * n)) if n >= 10 else 0
     cal, train = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
     return select(arrays, train), select(arrays, cal)
+
+
+def energy_above_minimum(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """(S,) energy per atom above the lowest one among structures of the same composition."""
+    n_atoms = arrays[keys.N_ATOMS]
+    owner = np.repeat(np.arange(len(n_atoms)), n_atoms)
+    species = np.unique(arrays[keys.NUMBERS])
+    counts = np.zeros((len(n_atoms), len(species)), dtype=np.int64)
+    np.add.at(counts, (owner, np.searchsorted(species, arrays[keys.NUMBERS])), 1)
+    _, group = np.unique(counts, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    per_atom = np.asarray(arrays[keys.ENERGY], float) / n_atoms
+    lowest = np.full(group.max() + 1, np.inf)
+    np.minimum.at(lowest, group, per_atom)
+    return per_atom - lowest[group]
 
 
 def train_task(
