@@ -153,8 +153,9 @@ def test_shrunk_quickstart_end_to_end(shrunk):
     assert _model_extra(root / "iter_001" / "models" / "member_0.pt")["warm_start"] == ""
     # the final model: trained on every stored label, calibrated, reported, an ASE calculator
     final = _model_extra(root / "final" / "models" / "member_0.pt")
-    assert final["n_train"] == len(content)
-    assert final["training_data"] == _ok_labels_digest(root / "store.h5")
+    limit = data["model"].get("max_energy_above_min_eV_atom")
+    digest, n_kept = _ok_labels_digest(root / "store.h5", limit)
+    assert final["n_train"] == n_kept and final["training_data"] == digest
     atoms.calc = UBMDCalculator.from_file(root / "final" / "model.pt")
     assert np.isfinite(atoms.get_potential_energy())
     assert np.isfinite(atoms.calc.get_property("atomic_uncertainty", atoms)).all()
@@ -174,7 +175,7 @@ def test_shrunk_quickstart_end_to_end(shrunk):
     )
     assert status.returncode == 0 and "ok" in status.stdout
     assert f"final model: {root / 'final' / 'model.pt'}" in status.stdout
-    assert f"trained on {len(content)} labels" in status.stdout
+    assert f"{len(content)} labels in the store" in status.stdout
 
 
 def _model_extra(path: Path) -> dict:
@@ -183,12 +184,21 @@ def _model_extra(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)["extra"]
 
 
-def _ok_labels_digest(store_path: Path) -> str:
+def _ok_labels_digest(store_path: Path, limit: float | None) -> tuple[str, int]:
+    """Digest and count of the ok labels a final model trains on (all, or those within
+    ``limit`` eV/atom of the lowest of their composition)."""
     import hashlib
 
+    from ubmd.campaign.learning import energy_above_minimum
+
     with StructureStore.open(store_path, mode="r") as store:
-        hashes = store.content_hashes(store.select(status="ok"))
-    return hashlib.sha256(b"".join(sorted(h.tobytes() for h in hashes))).hexdigest()
+        rows = store.select(status="ok")
+        hashes = store.content_hashes(rows)
+        arrays = store.read_arrays(indices=rows)
+    if limit is not None:
+        hashes = hashes[energy_above_minimum(arrays) <= limit]
+    digest = hashlib.sha256(b"".join(sorted(h.tobytes() for h in hashes))).hexdigest()
+    return digest, len(hashes)
 
 
 def _final_weights(root: Path) -> dict:

@@ -123,7 +123,7 @@ def render_status(status: dict[str, Any]) -> None:
     rep = final["report"]
     parts = [f"final model: {final['model']}"]
     if rep:
-        parts.append(f"trained on {rep.get('labels')} labels")
+        parts.append(f"{rep.get('labels')} labels in the store")
         tests = {"test": rep.get("test") or {}, **(rep.get("tests") or {})}
         for name, m in tests.items():
             if m:
