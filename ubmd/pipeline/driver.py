@@ -179,20 +179,7 @@ class Driver:
         t0 = time.perf_counter()
         self.display.update(phase="final model")
         self._train_and_calibrate(None)
-        out = self.layout.final_report
-        if not out.exists():
-            fut = self.tracker.add(
-                "report",
-                self.apps.report_task(
-                    self.cfg,
-                    bundle=str(self.layout.final_bundle),
-                    store_path=str(self.layout.store),
-                    iteration=None,
-                    out=str(out),
-                ),
-            )
-            self._wait([fut], "report")
-        self.display.update(last_report=read_json(out))
+        self._report(None)
         self._timed("final", t0)
 
     def _explore_phase(self, it: int) -> None:
@@ -313,13 +300,20 @@ class Driver:
     def _report_phase(self, it: int) -> None:
         t0 = time.perf_counter()
         self.display.update(phase="report")
-        out = self.layout.report(it)
+        self._report(it)
+        self._timed("report", t0)
+
+    def _report(self, it: int | None) -> None:
+        """The report of iteration ``it``'s bundle (None: of the final model), unless written."""
+        final = it is None
+        out = self.layout.final_report if final else self.layout.report(it)
         if not out.exists():
+            bundle = self.layout.final_bundle if final else self.layout.bundle(it)
             fut = self.tracker.add(
                 "report",
                 self.apps.report_task(
                     self.cfg,
-                    bundle=str(self.layout.bundle(it)),
+                    bundle=str(bundle),
                     store_path=str(self.layout.store),
                     iteration=it,
                     out=str(out),
@@ -327,7 +321,6 @@ class Driver:
             )
             self._wait([fut], "report")
         self.display.update(last_report=read_json(out))
-        self._timed("report", t0)
 
 
 def run_campaign(config: CampaignConfig, site: SiteConfig, *, live: bool = True) -> RunSummary:
