@@ -26,6 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from ubmd.campaign.config import apply_overrides
+
 ROOT = Path(__file__).resolve().parents[2]
 SCALES = {
     "small": ROOT / "workflows" / "quickstart" / "campaign.yaml",
@@ -40,12 +42,7 @@ def campaign_file(
     ``changes`` (dotted key -> value); paths made absolute so the file works from ``out``."""
     source = SCALES[scale]
     data = yaml.safe_load(source.read_text())
-    for dotted, value in (changes or {}).items():
-        *parents, leaf = dotted.split(".")
-        node = data
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    apply_overrides(data, changes or {}, where=str(source))
     name = f"{scale}{tag}_{variant}_seed{seed}"
     data.update(name=name, seed=seed, directory=str(out / name))
 

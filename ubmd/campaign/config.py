@@ -210,6 +210,18 @@ def parse_campaign(
         raise ConfigError(format_validation_error(exc, where)) from None
 
 
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], *, where: str) -> None:
+    """Set dotted keys (``{"stopping.max_iterations": 20}``) in a campaign mapping, in place."""
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: cannot set {dotted}: '{key}' is not a section")
+        node[leaf] = value
+
+
 def load_campaign(
     path: str | os.PathLike[str], *, overrides: dict[str, Any] | None = None
 ) -> CampaignConfig:
@@ -224,12 +236,5 @@ def load_campaign(
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if isinstance(data, dict):
-        for dotted, value in (overrides or {}).items():
-            *parents, leaf = dotted.split(".")
-            node = data
-            for key in parents:
-                node = node.setdefault(key, {})
-                if not isinstance(node, dict):
-                    raise ConfigError(f"{path}: cannot set {dotted}: '{key}' is not a section")
-            node[leaf] = value
+        apply_overrides(data, overrides or {}, where=str(path))
     return parse_campaign(data, base_dir=path.parent, where=str(path))
