@@ -47,8 +47,6 @@ def _value(text: str):
 
 def _errors(model, arrays) -> tuple[float, float, float]:
     """(energy RMSE meV/atom, energy MAE meV/atom, force RMSE eV/Å)."""
-    import torch
-
     from ubmd import keys
     from ubmd.models.base import compute
     from ubmd.models.data import select
@@ -64,7 +62,6 @@ def _errors(model, arrays) -> tuple[float, float, float]:
             (out["energy"].detach().double().numpy() - part[keys.ENERGY]) / part[keys.N_ATOMS]
         )
         df.append(out["forces"].detach().double().numpy() - part[keys.FORCES])
-        torch.set_grad_enabled(True)
     de_all, df_all = np.concatenate(de), np.concatenate(df)
     return (
         1000 * float(np.sqrt(np.mean(de_all**2))),
