@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -18,6 +19,60 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration file or section is invalid; the message says where and why."""
+
+
+# YAML aliases share one object many times; a few nested ones ("billion laughs") stand for
+# more values than any config holds, and walking or printing them would never end.
+MAX_YAML_VALUES = 100_000
+
+
+def load_yaml(path: str | os.PathLike[str], what: str = "file") -> Any:
+    """Parse a YAML file; every failure is a ConfigError (or OSError) naming the file."""
+    import yaml
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path!r} is a directory, not a YAML file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path!r} is not a text file (not UTF-8)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path!r} is not valid YAML: {exc}") from None
+    _count_values(data, path, what)
+    return data
+
+
+def _count_values(data: Any, path: str, what: str) -> None:
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"{what} {path!r} expands to more than {MAX_YAML_VALUES} values (nested YAML "
+                "aliases?); a configuration file holds far fewer"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for naming a value in a message."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    r.maxlist = r.maxdict = r.maxtuple = 6
+    r.maxlevel = 3
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def nearest(key: str, valid: Iterable[str]) -> str | None:
@@ -45,7 +100,7 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ConfigError(
-            f"{where} must be a mapping of keys to values, got {type(data).__name__}: {data!r}"
+            f"{where} must be a mapping of keys to values, got {type(data).__name__}: {brief(data)}"
         )
     if dataclasses.is_dataclass(cls):
         valid = [f.name for f in dataclasses.fields(cls) if f.init]
@@ -135,5 +190,9 @@ def format_validation_error(exc: Any, where: str) -> str:
         if err.get("type") == "extra_forbidden":
             lines.append(f"unknown key '{loc.split('.')[-1]}' in {where}")
             continue
-        lines.append(f"{place}: {err.get('msg')} (got {value!r})")
-    return "; ".join(lines)
+        if isinstance(value, dict | list) and loc:
+            # the whole section came back as the input: the message names the key already
+            lines.append(f"{place}: {err.get('msg')}")
+        else:
+            lines.append(f"{place}: {err.get('msg')} (got {brief(value)})")
+    return "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")

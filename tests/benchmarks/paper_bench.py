@@ -134,6 +134,9 @@ def main() -> None:
         help="copy each campaign's final model, store, summary and plots to EXPORT/NAME/",
     )
     args = parser.parse_args()
+    args.out = (
+        args.out.resolve()
+    )  # campaign files resolve a relative directory from their own folder
     changes = {}
     for item in args.set:
         key, sep, value = item.partition("=")

@@ -52,7 +52,7 @@ def test_misspelt_keys_name_the_nearest_valid_key(tmp_path, mutate, pattern):
         (lambda d: d.update(systems=[]), "systems"),
         (lambda d: d.update(dtype="float16"), "dtype"),
         (lambda d: d.update(uncertainty={"calibration": {"alpha": 1.5}}), "alpha"),
-        (lambda d: d.update(device="tpu"), r"device 'tpu' is not one ubmd runs on \(accepted"),
+        (lambda d: d.update(device="tpu"), r"device 'tpu' is not a device ubmd runs on \(accepted"),
         (lambda d: d.update(device="cuda:x"), "device 'cuda:x'"),
     ],
 )

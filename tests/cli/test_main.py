@@ -40,3 +40,59 @@ def test_commands_are_registered_once():
     assert {"run", "status", "train", "evaluate", "explore", "select", "design", "label"} <= set(
         first
     )
+
+
+def _failing_command(exc: BaseException):
+    """A throwaway app whose one command raises ``exc`` inside the CLI's error wrapper."""
+    import typer
+
+    from ubmd.cli import _root
+    from ubmd.cli.errors import user_errors
+
+    app = typer.Typer(pretty_exceptions_enable=False)
+    app.callback()(_root)
+
+    @app.command()
+    def boom() -> None:
+        with user_errors():
+            raise exc
+
+    return app
+
+
+def test_bad_input_is_one_line_without_traceback():
+    result = runner.invoke(
+        _failing_command(ValueError("campaign file 'x.yaml' is empty")), ["boom"]
+    )
+    assert result.exit_code == 2
+    assert isinstance(result.exception, SystemExit)
+    assert "error: campaign file 'x.yaml' is empty" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_bug_keeps_its_traceback():
+    # TypeError / KeyError / AttributeError are bugs in ubmd, not a user's mistake
+    for exc in (TypeError("unsupported operand"), KeyError("n_atoms"), AttributeError("x")):
+        result = runner.invoke(_failing_command(exc), ["boom"])
+        assert result.exception is exc, result.output
+        assert "error:" not in result.output
+
+
+def test_debug_shows_the_traceback_of_bad_input(monkeypatch):
+    exc = ValueError("bad value 7")
+    result = runner.invoke(_failing_command(exc), ["--debug", "boom"])
+    assert result.exception is exc
+    monkeypatch.setenv("UBMD_DEBUG", "1")
+    result = runner.invoke(_failing_command(exc), ["boom"])
+    assert result.exception is exc
+    monkeypatch.delenv("UBMD_DEBUG")
+    result = runner.invoke(_failing_command(exc), ["boom"])
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_messages_are_not_markup():
+    # square brackets in a message (systems[ala2]) are text, not rich markup
+    result = runner.invoke(
+        _failing_command(ValueError("systems[ala2].structure: [bold]x")), ["boom"]
+    )
+    assert "systems[ala2].structure: [bold]x" in result.output

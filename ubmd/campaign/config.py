@@ -14,10 +14,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ubmd.strict import ConfigError, check_keys, format_validation_error
+from ubmd.strict import ConfigError, check_keys, format_validation_error, load_yaml
 
 
 class _Strict(BaseModel):
@@ -123,14 +122,22 @@ class CampaignConfig(_Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     base_dir: str = "."  # folder of the campaign file; relative paths are resolved against it
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError(
+                f"name {value!r} must be letters, digits, '_', '.' or '-' (starting with a "
+                "letter or digit): it names files and jobs"
+            )
+        return value
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-            raise ValueError(
-                f"device {value!r} is not one ubmd runs on (accepted: auto, cpu, cuda, cuda:N, mps)"
-            )
-        return value
+        from ubmd.devices import check_device_name
+
+        return check_device_name(value)
 
     @model_validator(mode="after")
     def _names(self) -> CampaignConfig:
@@ -229,12 +236,7 @@ def load_campaign(
     ``{"stopping.max_iterations": 20}``) replace values of the file before validation, so they
     are checked exactly like the file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"campaign file {str(path)!r} not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = load_yaml(path, "campaign file")
     if isinstance(data, dict):
         apply_overrides(data, overrides or {}, where=str(path))
     return parse_campaign(data, base_dir=path.parent, where=str(path))

@@ -7,6 +7,7 @@ labeler must be installed and able to handle every element of every system.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import yaml
 
 from ubmd.campaign.config import CampaignConfig
 from ubmd.campaign.layout import CampaignLayout, atomic_path
-from ubmd.strict import ConfigError, build
+from ubmd.strict import ConfigError, build, check_keys
 
 # A campaign's training defaults differ from a one-off `ubmd train`: its data are small and
 # grow from odd structures, and it already holds out a calibration split. Early stopping on a
@@ -80,35 +81,52 @@ def make_campaign_labeler(config: CampaignConfig) -> Any:
 
 
 def read_structures(config: CampaignConfig) -> dict[str, list[Any]]:
-    """Start structures of every system (name -> list of Atoms), with clear errors."""
-    import ase.io
+    """Start structures of every system (name -> list of Atoms), read and checked."""
+    from ubmd.inputs import read_checked
 
-    out = {}
-    for system in config.systems:
-        path = config.path(system.structure)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"systems[{system.name}].structure: file {str(path)!r} not found"
-            )
-        try:
-            if path.suffix in (".h5", ".hdf5"):
-                from ubmd.store import StructureStore
+    return {
+        system.name: read_checked(
+            config.path(system.structure),
+            index=system.index,
+            what=f"systems[{system.name}].structure",
+        )
+        for system in config.systems
+    }
 
-                with StructureStore.open(path, mode="r") as store:
-                    frames = store.read_atoms(status="ok")
-            else:
-                frames = ase.io.read(path, index=system.index)
-        except (OSError, ValueError, KeyError, IndexError) as exc:
-            raise ConfigError(
-                f"systems[{system.name}].structure: cannot read {str(path)!r}: {exc}"
-            ) from None
-        frames = frames if isinstance(frames, list) else [frames]
-        if not frames:
-            raise ConfigError(
-                f"systems[{system.name}].structure: {str(path)!r} holds no structures"
-            )
-        out[system.name] = frames
-    return out
+
+def check_data_files(config: CampaignConfig) -> int:
+    """Labelled start data and test sets: readable, labelled, finite, before anything runs.
+    Returns the number of labelled start structures."""
+    from ubmd.inputs import read_checked
+
+    files = [(f"initial_data.labelled[{k}]", p) for k, p in enumerate(config.initial_data.labelled)]
+    if config.evaluation.test_set:
+        files.append(("evaluation.test_set", config.evaluation.test_set))
+    files += [(f"evaluation.test_sets.{n}", p) for n, p in config.evaluation.test_sets.items()]
+    n_labelled = 0
+    for where, path in files:
+        frames = read_checked(config.path(path), what=where, labelled=True)
+        n_labelled += len(frames) if where.startswith("initial_data") else 0
+    return n_labelled
+
+
+# The first calibration needs a held-out set of at least one structure, and the split holds
+# out a fraction only from this many labels on (campaign.learning.training_split).
+MIN_INITIAL_LABELS = 10
+
+
+def check_initial_count(config: CampaignConfig, n_labelled: int) -> None:
+    """Enough initial labels to train on and to hold a calibration set out of."""
+    n0 = config.initial_data.random_displacements * len(config.systems) + n_labelled
+    n_cal = max(1, round(config.uncertainty.calibration.fraction * n0))
+    if n0 < MIN_INITIAL_LABELS or n0 - n_cal < 1:
+        raise ConfigError(
+            f"initial_data: {n0} initial structure(s) (random_displacements "
+            f"{config.initial_data.random_displacements} x {len(config.systems)} system(s) + "
+            f"{n_labelled} labelled) are too few to train on and hold out a calibration set "
+            f"(uncertainty.calibration.fraction {config.uncertainty.calibration.fraction}); "
+            f"give at least {MIN_INITIAL_LABELS}"
+        )
 
 
 def validate_campaign(config: CampaignConfig) -> dict[str, Any]:
@@ -135,6 +153,7 @@ def validate_campaign(config: CampaignConfig) -> dict[str, Any]:
         raise ConfigError(
             f"selection.method: unknown method {config.selection.method!r} (known: {', '.join(METHODS)})"
         )
+    check_selection_settings(config)
     if config.uncertainty.settings.get("method") == "ensemble" and config.model.ensemble_size < 2:
         raise ConfigError("uncertainty.settings.method 'ensemble' needs model.ensemble_size >= 2")
     labeler = make_campaign_labeler(config)
@@ -146,18 +165,49 @@ def validate_campaign(config: CampaignConfig) -> dict[str, Any]:
                 f"labeler {config.labeler.name!r} cannot label system {name!r}: {exc}"
             ) from None
     built["labeler"] = labeler
-    for path in config.initial_data.labelled:
-        if not config.path(path).is_file():
-            raise FileNotFoundError(
-                f"initial_data.labelled: file {str(config.path(path))!r} not found"
-            )
-    test_files = {"evaluation.test_set": config.evaluation.test_set} | {
-        f"evaluation.test_sets.{name}": path for name, path in config.evaluation.test_sets.items()
-    }
-    for where, path in test_files.items():
-        if path and not config.path(path).is_file():
-            raise FileNotFoundError(f"{where}: file {str(config.path(path))!r} not found")
+    check_initial_count(config, check_data_files(config))
+    check_directory(config)
     return built
+
+
+SELECTION_SETTINGS = {"kernel": "linear", "sigma": 1e-2, "condition_on_train": True}
+
+
+def check_selection_settings(config: CampaignConfig) -> None:
+    """``selection.settings`` are keyword arguments of ``select_batch``: check them here."""
+    from ubmd.select.batch import DEFAULT_DUPLICATE_TOL, check_options
+
+    defaults = {**SELECTION_SETTINGS, "duplicate_tol": DEFAULT_DUPLICATE_TOL}
+    settings = config.selection.settings
+    check_keys(settings, defaults, "selection.settings")
+    values = {**defaults, **settings}
+    if not isinstance(values["condition_on_train"], bool):
+        raise ConfigError(
+            f"selection.settings.condition_on_train must be true or false, got "
+            f"{values['condition_on_train']!r}"
+        )
+    try:
+        check_options(
+            config.selection.method, values["kernel"], values["sigma"], values["duplicate_tol"]
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"selection.settings: {exc}") from None
+
+
+def check_directory(config: CampaignConfig) -> None:
+    """The campaign directory is a directory (or can become one) before anything is made."""
+    path = Path(config.campaign_dir)
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(
+                    f"campaign directory {str(path)!r}: {str(parent)!r} is a file, not a directory"
+                )
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(
+                    f"campaign directory {str(path)!r}: {str(parent)!r} is not writable"
+                )
+            break
 
 
 def prepare_directory(config: CampaignConfig) -> CampaignLayout:

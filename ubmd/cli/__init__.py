@@ -36,7 +36,13 @@ _COMMAND_MODULES = (
 def _root(
     ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the ubmd version and exit."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show a traceback for bad input too (also: UBMD_DEBUG=1)."
+    ),
 ) -> None:
+    from ubmd.cli.errors import set_debug
+
+    set_debug(debug)
     if version:
         from ubmd import __version__
 

@@ -38,19 +38,9 @@ def _parse_weights(items: list[str]) -> dict[int, float]:
 
 
 def _read_structures(paths: list[Path], frames: str) -> list:
-    from ase.io import read
+    from ubmd.inputs import read_checked
 
-    out = []
-    for p in paths:
-        if not p.is_file():
-            raise FileNotFoundError(f"structure file {p} does not exist")
-        got = read(p, index=frames)
-        out.extend(got if isinstance(got, list) else [got])
-    if not out:
-        raise ValueError(
-            f"no structures read from {[str(p) for p in paths]} with --frames {frames}"
-        )
-    return out
+    return [a for p in paths for a in read_checked(p, index=frames, what="start structure file")]
 
 
 def _load_model(spec: str, device: str, *, compile: bool, skin_A: float):
@@ -110,12 +100,14 @@ def explore(
         from rich.table import Table
 
         from ubmd import keys
+        from ubmd.devices import check_device_here
         from ubmd.md.bias import UncertaintyCVConfig
         from ubmd.md.explore import ExploreConfig, run_explorer
         from ubmd.md.integrators import BarostatConfig
         from ubmd.md.schedule import LinearRamp
         from ubmd.md.stop import StopRules
 
+        check_device_here(device)
         if device == "cpu":  # this process runs long MD: keep its per-step buffers
             from ubmd.md.allocator import retain_freed_memory
 

@@ -61,10 +61,10 @@ def label_cmd(
     with user_errors():
         import dataclasses
 
+        from ubmd.inputs import read_checked
         from ubmd.labelers import labeler_class
         from ubmd.labelers.retry import RetryPolicy, label_with_retries
         from ubmd.store import Provenance, StructureStore
-        from ubmd.store.convert import read_structures
 
         cls = labeler_class(labeler)
         options = _read_settings(settings)
@@ -75,9 +75,7 @@ def label_cmd(
         if timeout_s is not None:
             options["timeout_s"] = timeout_s
         lab = cls(**options)
-        frames = [(path, atoms) for path in structures for atoms in read_structures(path)]
-        if not frames:
-            raise ValueError("no structures in the given files")
+        frames = [(path, atoms) for path in structures for atoms in read_checked(path)]
         for _, atoms in frames:  # every setup problem surfaces before the first run
             lab.check(atoms)
         policy = RetryPolicy(max_attempts=max_attempts)
@@ -118,9 +116,9 @@ def label_cmd(
 def _read_settings(path: Path | None) -> dict:
     if path is None:
         return {}
-    import yaml
+    from ubmd.strict import load_yaml
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = load_yaml(path, "settings file") or {}
     if not isinstance(data, dict):
         raise ValueError(
             f"settings file {path} must hold a mapping of settings, got {type(data).__name__}"

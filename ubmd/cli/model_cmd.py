@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -30,16 +31,23 @@ def _load_config(config: Path | None, overrides: dict):
 
     values: dict = {}
     if config is not None:
-        import yaml
+        from ubmd.strict import load_yaml
 
-        if not config.is_file():
-            raise FileNotFoundError(f"config file {config} does not exist")
-        loaded = yaml.safe_load(config.read_text()) or {}
+        loaded = load_yaml(config, "config file") or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{config} must hold a mapping of TrainConfig fields")
         values.update(loaded)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(values)
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before hours of training, not after: the model file must be writable."""
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {str(out)!r} is a directory; give a file name (.pt)")
+    parent = out.parent if str(out.parent) else Path(".")
+    if parent.exists() and not os.access(parent, os.W_OK):
+        raise PermissionError(f"--out {str(out)!r}: cannot write in {str(parent)!r}")
 
 
 def train(
@@ -59,6 +67,7 @@ def train(
     with user_errors():
         from rich.console import Console
 
+        from ubmd.devices import check_device_here
         from ubmd.models import data as mdata
         from ubmd.models.base import save_model
         from ubmd.models.train import train_ensemble, train_model
@@ -69,6 +78,8 @@ def train(
         )  # fmt: skip
         if ensemble < 1:
             raise ValueError(f"--ensemble must be >= 1, got {ensemble}")
+        check_device_here(cfg.device, where="device")
+        _check_writable(out)
         arrays = mdata.labelled_arrays([str(p) for p in data])
         valid_data = mdata.labelled_arrays([str(p) for p in valid]) if valid else None
         console.print(
@@ -115,9 +126,11 @@ def evaluate(
         from rich.console import Console
         from rich.table import Table
 
+        from ubmd.devices import check_device_here
         from ubmd.models.base import load_model
         from ubmd.models.metrics import error_metrics
 
+        check_device_here(device)
         net = load_model(model_path, device=device or "cpu")
         m = error_metrics(net, [str(p) for p in data], batch_size=batch_size)
         table = Table(

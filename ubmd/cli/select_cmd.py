@@ -49,9 +49,11 @@ def select(
         from rich.console import Console
         from rich.table import Table
 
+        from ubmd.devices import check_device_here
         from ubmd.select import select_batch
         from ubmd.select.io import load_features
 
+        check_device_here(device)
         feats, unc = load_features(pool)
         train_feats = load_features(train)[0] if train is not None else None
         res = select_batch(
@@ -120,9 +122,13 @@ def design(
         from rich.console import Console
         from rich.table import Table
 
+        from ubmd.devices import check_device_here
         from ubmd.select import design_report, plot_design_report
         from ubmd.select.io import load_features
 
+        check_device_here(device)
+        if plot is not None:
+            _check_plot_file(plot)
         feats, _ = load_features(pool)
         train_feats = load_features(train)[0] if train is not None else None
         rep = design_report(
@@ -152,6 +158,17 @@ def design(
             )
             out.write_text(json.dumps(doc, indent=2) + "\n")
             Console(stderr=True).print(f"wrote {out}")
+
+
+def _check_plot_file(plot: Path) -> None:
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if plot.suffix.lstrip(".").lower() not in formats:
+        raise ValueError(
+            f"--plot {str(plot)!r}: matplotlib cannot write {plot.suffix or 'a file without a suffix'!r} "
+            f"files; use one of {', '.join('.' + f for f in sorted(formats))}"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -142,12 +142,12 @@ def import_cmd(
     with user_errors():
         import dataclasses
 
+        from ubmd.inputs import read_checked
         from ubmd.store import Provenance, StructureStore
-        from ubmd.store.convert import read_structures
 
         batches = []
         for path in files:
-            atoms_list = read_structures(path)
+            atoms_list = read_checked(path)
             prov = []
             for k, atoms in enumerate(atoms_list):
                 p = Provenance.from_info(atoms.info)

@@ -101,7 +101,9 @@ class Labeler(ABC):
         if settings is not None and kwargs:
             raise ValueError("give either a settings object or keyword settings, not both")
         if settings is None:
-            settings = self.Settings(**kwargs)
+            from ubmd.strict import build
+
+            settings = build(self.Settings, kwargs, where=f"{self.name} labeler settings")
         elif not isinstance(settings, self.Settings):
             raise TypeError(
                 f"{self.name} expects settings of type {self.Settings.__name__}, "

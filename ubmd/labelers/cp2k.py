@@ -45,7 +45,9 @@ OUTPUT_NAME = "cp2k.out"
 class CP2KSettings(LabelerSettings):
     """Settings of the CP2K labeler (energies in Ry for the grid cutoffs, as CP2K takes them)."""
 
-    command: str = Field("cp2k.psmp", description='CP2K executable, e.g. "cp2k.psmp"')
+    command: str = Field(
+        "cp2k.psmp", pattern=r"\S", description='CP2K executable, e.g. "cp2k.psmp"'
+    )
     launcher: str = Field("", description='prefix such as "mpirun -np 2" or "srun"')
     omp_num_threads: int = Field(1, ge=1)
     env: dict[str, str] = Field(default_factory=dict)

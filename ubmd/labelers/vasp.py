@@ -46,7 +46,7 @@ DEFAULT_INCAR: dict[str, Any] = {
 
 
 class VaspSettings(LabelerSettings):
-    command: str = Field("vasp_std", description='VASP executable, e.g. "vasp_std"')
+    command: str = Field("vasp_std", pattern=r"\S", description='VASP executable, e.g. "vasp_std"')
     launcher: str = Field("", description='prefix such as "mpirun -np 16" or "srun"')
     omp_num_threads: int = Field(1, ge=1)
     env: dict[str, str] = Field(default_factory=dict)

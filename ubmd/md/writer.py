@@ -69,7 +69,10 @@ class CandidateWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = h5py.File(self.path, "a")
+        try:
+            self._f = h5py.File(self.path, "a")
+        except OSError as exc:
+            raise ValueError(f"cannot open candidate file {str(self.path)!r}: {exc}") from None
         f = self._f
         if "schema_version" in f.attrs:
             if int(f.attrs["schema_version"]) != SCHEMA_VERSION or f.attrs.get("kind") != KIND:

@@ -28,6 +28,18 @@ _REGISTRY: dict[str, str] = {
 }
 
 
+def unknown_elements_message(numbers: Any, species: Any) -> str:
+    """Which elements a model does not know, by symbol and atomic number."""
+    from ase.data import chemical_symbols
+
+    def names(zs: Any) -> str:
+        return ", ".join(f"{chemical_symbols[z]} ({z})" for z in sorted({int(z) for z in zs}))
+
+    return (
+        f"element(s) {names(numbers)} unknown to this model, which was trained on {names(species)}"
+    )
+
+
 def register_model(name: str, import_path: str) -> None:
     """Make a Potential subclass loadable by name (``"package.module:Class"``)."""
     _REGISTRY[name] = import_path
@@ -84,11 +96,7 @@ class Potential(nn.Module):
         # Compiled inference (ubmd.models.compiled) checks elements before the call: a
         # data-dependent branch here would split the compiled graph.
         if not torch.compiler.is_compiling() and bool((idx < 0).any()):
-            unknown = sorted(set(numbers[idx < 0].tolist()))
-            raise ValueError(
-                f"element(s) with atomic number {unknown} unknown to this model, "
-                f"which was trained on atomic numbers {self.species}"
-            )
+            raise ValueError(unknown_elements_message(numbers[idx < 0].tolist(), self.species))
         return idx
 
     def scale_shift(self, raw: torch.Tensor, species_idx: torch.Tensor) -> torch.Tensor:

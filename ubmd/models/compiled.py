@@ -103,7 +103,6 @@ def check_elements(numbers, species) -> None:
     """Raise ValueError naming the elements of ``numbers`` not in ``species``."""
     unknown = sorted({int(z) for z in np.unique(np.asarray(numbers))} - {int(z) for z in species})
     if unknown:
-        raise ValueError(
-            f"element(s) with atomic number {unknown} unknown to this model, "
-            f"which was trained on atomic numbers {sorted(int(z) for z in species)}"
-        )
+        from ubmd.models.base import unknown_elements_message
+
+        raise ValueError(unknown_elements_message(unknown, species))

@@ -69,22 +69,22 @@ def labelled_arrays(data: Any) -> dict[str, np.ndarray]:
 
 
 def _read_path(path: str) -> dict[str, np.ndarray]:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"data file {path} does not exist")
-    if path.endswith((".h5", ".hdf5")):
+    if path.endswith((".h5", ".hdf5")) and os.path.isfile(path):
         from ubmd.store import StructureStore  # another module; imported only when needed
 
         with StructureStore.open(path, mode="r") as store:
-            return labelled_arrays(store)
-    from ase.io import read
+            try:
+                return labelled_arrays(store)
+            except ValueError as exc:
+                raise ValueError(f"store {path!r}: {exc}") from None
+    from ubmd.inputs import check_geometry, read_structures
 
+    frames = read_structures(path, what="data file")
+    check_geometry(frames, f"data file {path!r}")
     try:
-        frames = read(path, index=":")
-    except Exception as exc:
-        raise ValueError(f"could not read structures from {path}: {exc}") from None
-    if not frames:
-        raise ValueError(f"the training set is empty: {path} holds no structures")
-    return labelled_arrays(frames)
+        return labelled_arrays(frames)
+    except ValueError as exc:
+        raise ValueError(f"data file {path!r}: {exc}") from None
 
 
 def concat_arrays(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ from typing import Any
 from ubmd.campaign import steps
 from ubmd.campaign.config import CampaignConfig
 from ubmd.campaign.layout import CampaignLayout, read_json
+from ubmd.pipeline import watchdog
 from ubmd.pipeline.apps import Apps, TaskTracker
 from ubmd.pipeline.display import Display
 from ubmd.pipeline.sites import SiteConfig, make_config
@@ -333,6 +334,8 @@ def run_campaign(config: CampaignConfig, site: SiteConfig, *, live: bool = True)
     validate_campaign(config)  # every check that can fail before a task is submitted
     layout = prepare_directory(config)
     tracker = TaskTracker()
+    # what parsl starts (interchange, worker pools) ends with this process, even on a SIGKILL
+    guard = watchdog.start(layout.run_dir / "watchdog.log")
     dfk = parsl.load(make_config(site, layout.run_dir))
     try:
         apps = Apps(site)
@@ -344,3 +347,4 @@ def run_campaign(config: CampaignConfig, site: SiteConfig, *, live: bool = True)
     finally:
         dfk.cleanup()
         parsl.clear()
+        guard.stop()

@@ -240,7 +240,7 @@ def estimate(
     fine_cfg = built["fine_tuning"]
     spec = config.model
     n_start = sum(len(f) for f in built["structures"].values())
-    n0 = config.initial_data.random_displacements * n_start
+    n0 = config.initial_data.random_displacements * len(built["structures"])
     iterations = config.stopping.max_iterations
     batch = config.selection.batch_size
     per_label = costs.label_minutes.get(config.labeler.name)
@@ -333,8 +333,6 @@ def load_costs(path: str | os.PathLike[str] | None) -> CostModel:
     """The cost model from a YAML file of CostModel fields (unknown keys are errors)."""
     if path is None:
         return CostModel()
-    import yaml
+    from ubmd.strict import build, load_yaml
 
-    from ubmd.strict import build
-
-    return build(CostModel, yaml.safe_load(Path(path).read_text()) or {}, where=f"costs {path}")
+    return build(CostModel, load_yaml(path, "costs file") or {}, where=f"costs {path}")

@@ -7,30 +7,75 @@ parsl ``Config`` each call (a Config object is single-use).
 
 from __future__ import annotations
 
+import importlib.resources
 import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ubmd.strict import ConfigError, build
+from ubmd.strict import brief, build, load_yaml
 
 ROLES = ("train", "explore", "select", "label")
-SITE_DIR = Path(__file__).resolve().parents[2] / "site_configs"
+# the site files shipped with ubmd: the top-level site_configs/ folder of the source tree,
+# installed inside the package as this data package (pyproject.toml)
+SITE_PACKAGE = "ubmd.site_configs"
+
+
+def site_dir() -> Path:
+    """The folder of the site configs shipped with ubmd, wherever this install put it."""
+    try:
+        return Path(str(importlib.resources.files(SITE_PACKAGE)))
+    except ModuleNotFoundError:  # a source checkout on sys.path, not installed
+        return Path(__file__).resolve().parents[2] / "site_configs"
+
+
+def shipped_sites() -> list[str]:
+    """Names of the shipped site configs (what ``--site NAME`` accepts)."""
+    return sorted(p.stem for p in site_dir().glob("*.yaml"))
+
+
+def __getattr__(name: str) -> Any:
+    # SITE_DIR (kept for existing callers) is resolved when used, not at import
+    if name == "SITE_DIR":
+        return site_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# numeric fields, where YAML's true/false would pass for 1/0
+_COUNTS = (
+    "cores_per_worker",
+    "nodes_per_block",
+    "init_blocks",
+    "min_blocks",
+    "max_blocks",
+    "cores_per_node",
+    "gpus_per_node",
+    "mem_per_node_GB",
+    "max_task_minutes",
+    "heartbeat_threshold_s",
+    "status_poll_s",
+)
+_ACCELERATORS = "a GPU count >= 0 (0: none), or a non-empty list of distinct device ids like [0, 1]"
+_WORKERS = "a worker count >= 1, or 'auto' (one per core)"
+
+
 class ExecutorSpec(_Strict):
-    """One parsl HighThroughputExecutor and the provider that gets it workers."""
+    """One parsl HighThroughputExecutor and the provider that gets it workers.
+
+    Every value that would leave the campaign waiting for workers that never come (no worker
+    on a node, a non-positive count, an impossible walltime) is refused at load time."""
 
     provider: Literal["local", "slurm", "pbspro", "torque"] = "local"
     # worker layout on a node
     max_workers_per_node: int | Literal["auto"] = "auto"
-    cores_per_worker: float = Field(1.0, gt=0)
+    cores_per_worker: float = Field(1.0, gt=0, allow_inf_nan=False)
     # GPUs per node (a count, or device ids): parsl starts one worker per GPU and sets that
     # worker's CUDA_VISIBLE_DEVICES, so device "auto" tasks each use their own GPU
     available_accelerators: int | list[str] = 0
@@ -56,28 +101,67 @@ class ExecutorSpec(_Strict):
     mpi_command: str = ""
     # longest task expected on this executor: workers stop taking tasks once less than this is
     # left of the block's walltime (parsl's drain_period); None = take tasks until killed
-    max_task_minutes: float | None = Field(None, gt=0)
-    # a worker pool silent this long is lost (e.g. its block was cancelled): its tasks are retried
-    heartbeat_threshold_s: int = Field(30, ge=2)
+    max_task_minutes: float | None = Field(None, gt=0, allow_inf_nan=False)
+    # a worker pool silent this long is lost (e.g. its block was cancelled): its tasks are
+    # retried; above an hour a lost pool would hold its tasks for hours
+    heartbeat_threshold_s: int = Field(30, ge=2, le=3600)
     # how often the scheduler is asked about blocks (a block that ended is only replaced after
     # this); None = parsl's default (60 s for SLURM, PBS Pro and Torque)
-    status_poll_s: int | None = Field(None, ge=1)
+    status_poll_s: int | None = Field(None, ge=1, le=600)
 
-    @field_validator("walltime")
+    @field_validator(*_COUNTS, mode="before")
     @classmethod
-    def _walltime(cls, v: str) -> str:
+    def _not_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError(f"expected a number, not {str(v).lower()}")
+        return v
+
+    @field_validator("max_workers_per_node", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "auto":  # a quoted count
+            try:
+                v = int(v)
+            except ValueError:
+                raise ValueError(f"expected {_WORKERS}") from None
+        # 0 or fewer: parsl would start a pool with no worker, and wait for one forever
+        if isinstance(v, bool) or (isinstance(v, int) and v < 1):
+            raise ValueError(f"expected {_WORKERS}")
+        return v
+
+    @field_validator("available_accelerators", mode="before")
+    @classmethod
+    def _accelerators(cls, v: Any) -> Any:
+        if isinstance(v, str):  # a quoted count
+            try:
+                v = int(v)
+            except ValueError:
+                raise ValueError(f"expected {_ACCELERATORS}") from None
+        if isinstance(v, bool) or (isinstance(v, int) and v < 0):
+            raise ValueError(f"expected {_ACCELERATORS}")
+        if isinstance(v, list):
+            return _device_ids(v)
+        return v
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _walltime(cls, v: Any) -> Any:
+        if not isinstance(v, str):  # YAML reads an unquoted 01:30:00 as the number 5400
+            raise ValueError('walltime must be a quoted string "HH:MM:SS"')
         parts = v.split(":")
         if len(parts) != 3 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"walltime must be HH:MM:SS, got {v!r}")
+            raise ValueError("walltime must be HH:MM:SS")
+        h, m, s = (int(p) for p in parts)
+        if m >= 60 or s >= 60 or h + m + s == 0:
+            raise ValueError(
+                "walltime must be HH:MM:SS with minutes and seconds below 60, more than zero"
+            )
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> ExecutorSpec:
-        if self.gpus_per_node and not self.available_accelerators:
-            raise ValueError(
-                f"gpus_per_node = {self.gpus_per_node} but available_accelerators is 0: set "
-                f"available_accelerators: {self.gpus_per_node} so each worker gets its own GPU"
-            )
+        self._check_gpus()
+        self._check_cores()
         drain = self.drain_period_s()
         if drain is not None and drain <= 0:
             raise ValueError(
@@ -90,6 +174,33 @@ class ExecutorSpec(_Strict):
                 f"min {self.min_blocks}, init {self.init_blocks}, max {self.max_blocks}"
             )
         return self
+
+    def _check_gpus(self) -> None:
+        if self.gpus_per_node and not self.available_accelerators:
+            raise ValueError(
+                f"gpus_per_node = {self.gpus_per_node} but available_accelerators is 0: set "
+                f"available_accelerators: {self.gpus_per_node} so each worker gets its own GPU"
+            )
+        if self.gpus_per_node and self.n_accelerators() > self.gpus_per_node:
+            raise ValueError(
+                f"available_accelerators = {self.available_accelerators} names more GPUs than "
+                f"gpus_per_node = {self.gpus_per_node} asks for: at most {self.gpus_per_node}"
+            )
+
+    def _check_cores(self) -> None:
+        """A worker needs cores_per_worker cores: a node with fewer gets no worker at all, and
+        the campaign would wait for one forever."""
+        if self.provider == "local":  # the workers run on this machine
+            cores, what = os.cpu_count() or 1, "this machine's cores"
+        elif self.cores_per_node is not None:
+            cores, what = self.cores_per_node, "cores_per_node"
+        else:
+            return
+        if self.cores_per_worker > cores:
+            raise ValueError(
+                f"cores_per_worker = {self.cores_per_worker:g} is more than {what} ({cores}): "
+                f"no worker would start; at most {cores}"
+            )
 
     def walltime_s(self) -> int:
         h, m, sec = (int(p) for p in self.walltime.split(":"))
@@ -121,10 +232,25 @@ class SiteConfig(_Strict):
     executors: dict[str, ExecutorSpec]
     roles: dict[str, str]
     retries: int = Field(2, ge=0)
-    strategy_period_s: float = Field(1.0, gt=0)
+    # how often parsl adds or removes blocks: with a longer period, waiting tasks wait for it
+    strategy_period_s: float = Field(1.0, gt=0, le=60, allow_inf_nan=False)
     # labelers' working directories ($VARS expanded on the compute node, e.g. "/scratch/$USER");
     # default: inside the campaign directory
     scratch_dir: str | None = None
+
+    @field_validator("executors", mode="before")
+    @classmethod
+    def _some_executor(cls, v: Any) -> Any:
+        if isinstance(v, dict) and not v:
+            raise ValueError("expected at least one executor (a label: its settings), got none")
+        return v
+
+    @field_validator("retries", "strategy_period_s", mode="before")
+    @classmethod
+    def _not_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError(f"expected a number, not {str(v).lower()}")
+        return v
 
     @model_validator(mode="after")
     def _roles(self) -> SiteConfig:
@@ -148,20 +274,40 @@ class SiteConfig(_Strict):
         return self
 
 
+def _device_ids(ids: list[Any]) -> list[str]:
+    """GPU ids as parsl takes them (strings); ints as YAML reads ``[0, 1]`` are fine."""
+    ok = all(
+        (isinstance(i, int) and not isinstance(i, bool) and i >= 0)
+        or (isinstance(i, str) and i.strip())
+        for i in ids
+    )
+    out = [str(i).strip() for i in ids]
+    if not ids or not ok or len(set(out)) != len(out):
+        raise ValueError(f"expected {_ACCELERATORS}, got {brief(ids)}")
+    return out
+
+
+def site_file(name_or_path: str | os.PathLike[str]) -> Path:
+    """The file of a site given by path, or by the name of a shipped site (``local``).
+
+    A file the user names wins over a shipped site of the same name."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    name = str(name_or_path)
+    shipped = site_dir() / f"{name}.yaml"
+    if name == path.name and not path.suffix and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(
+        f"site config {name!r} not found: no such file, and not a site shipped with ubmd "
+        f"(a path to a YAML file, or one of: {', '.join(shipped_sites())})"
+    )
+
+
 def load_site(name_or_path: str | os.PathLike[str]) -> SiteConfig:
-    """Load a site by name (a file in site_configs/) or by path, strictly validated."""
-    path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        path = SITE_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in SITE_DIR.glob("*.yaml"))
-        raise FileNotFoundError(
-            f"site config {str(name_or_path)!r} not found (a path to a YAML file, or one of: {', '.join(known)})"
-        )
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    """Load a site by name (a shipped site config) or by path, strictly validated."""
+    path = site_file(name_or_path)
+    data = load_yaml(path, "site config")
     executors = data.get("executors") if isinstance(data, dict) else None
     if isinstance(executors, dict):  # first, so a misspelt key gets its "did you mean"
         for label, spec in executors.items():
@@ -190,6 +336,8 @@ def make_config(site: SiteConfig, run_dir: str | os.PathLike[str]) -> Any:
                 heartbeat_threshold=spec.heartbeat_threshold_s,
                 poll_period=10,
                 worker_logdir_root=str(Path(run_dir) / "worker_logs"),
+                launch_cmd=worker_command(spec),
+                interchange_launch_cmd=interchange_command(),
             )
         )
     return Config(
@@ -200,6 +348,48 @@ def make_config(site: SiteConfig, run_dir: str | os.PathLike[str]) -> Any:
         max_idletime=30.0,
         initialize_logging=True,
     )
+
+
+# parsl starts its interchange and worker pools as scripts found on PATH, which lacks them when
+# ubmd runs by absolute path from a venv that is not activated (what batch scripts do)
+POOL_SCRIPT = "process_worker_pool.py"
+_POOL_MODULE = "parsl.executors.high_throughput.process_worker_pool"
+_INTERCHANGE_MODULE = "parsl.executors.high_throughput.interchange"
+
+
+def interchange_command() -> list[str]:
+    """The interchange runs beside the driver: the driver's own interpreter and parsl."""
+    return [sys.executable, "-m", _INTERCHANGE_MODULE]
+
+
+def worker_command(spec: ExecutorSpec) -> str:
+    """parsl's worker pool command (a template parsl formats twice), found without PATH.
+
+    Local workers run on this machine: the driver's interpreter, whatever PATH holds. On a
+    compute node the site's ``worker_init`` (modules, a venv) decides which pool runs; when it
+    leaves none on PATH, the pool next to the driver's interpreter (a shared file system) is
+    used, if that is where this install keeps it."""
+    from parsl.executors.high_throughput.executor import DEFAULT_LAUNCH_CMD
+
+    if not DEFAULT_LAUNCH_CMD.startswith(f"{POOL_SCRIPT} "):
+        raise RuntimeError(f"parsl's worker command changed: {DEFAULT_LAUNCH_CMD[:60]!r}...")
+    if not sys.executable:
+        return DEFAULT_LAUNCH_CMD
+    if spec.provider == "local":
+        python = _literal(shlex.quote(sys.executable))
+        return f"{python} -m {_POOL_MODULE}{DEFAULT_LAUNCH_CMD[len(POOL_SCRIPT) :]}"
+    scripts = Path(sys.executable).parent
+    if not (scripts / POOL_SCRIPT).is_file():
+        return DEFAULT_LAUNCH_CMD
+    fallback = (
+        f'command -v {POOL_SCRIPT} >/dev/null || export PATH={shlex.quote(str(scripts))}:"$PATH"'
+    )
+    return f"{_literal(fallback)}\n{DEFAULT_LAUNCH_CMD}"
+
+
+def _literal(text: str) -> str:
+    """``text`` safe in parsl's launch command template, which goes through str.format twice."""
+    return text.replace("{", "{{{{").replace("}", "}}}}")
 
 
 def _poll_every(provider: Any, seconds: int) -> Any:

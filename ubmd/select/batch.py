@@ -48,7 +48,7 @@ class SelectionResult:
         return int(self.indices.shape[0])
 
 
-def _check_options(method: str, kernel: str, sigma: float, duplicate_tol: float) -> None:
+def check_options(method: str, kernel: str, sigma: float, duplicate_tol: float) -> None:
     if method not in METHODS:
         raise ValueError(
             f"unknown selection method {method!r}; known methods: {', '.join(METHODS)}"
@@ -109,7 +109,7 @@ def select_batch(
         device: torch device to compute on (default: the candidates' device, else CPU).
         dtype: compute precision (float64 by default: posterior variances span ~1/σ²).
     """
-    _check_options(method, kernel, sigma, duplicate_tol)
+    check_options(method, kernel, sigma, duplicate_tol)
     dev = resolve_device(device, candidate_features, train_features)
     raw = as_matrix(candidate_features, "candidate_features", device=dev)
     n = raw.shape[0]

@@ -211,20 +211,9 @@ def from_pymatgen(obj: Any) -> Any:
 def read_structures(path: str | os.PathLike[str]) -> list[Any]:
     """Structures from a file: ``.db`` (ASE database), extxyz/xyz, or anything ASE reads
     (CIF, POSCAR, OUTCAR, ...; format guessed by ASE from the name/content)."""
-    import ase.io
+    from ubmd.inputs import read_structures as read
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path!r} does not exist")
-    name = os.path.basename(path).lower()
-    if name.endswith(".db"):
-        return read_ase_db(path)
-    if name.endswith((".extxyz", ".xyz")):
-        return read_extxyz(path)
-    try:
-        return list(ase.io.read(path, index=":"))
-    except Exception as exc:
-        raise ValueError(f"ASE cannot read {path!r}: {exc}") from None
+    return read(path)
 
 
 def write_structures(path: str | os.PathLike[str], atoms_list: Sequence[Any]) -> None:

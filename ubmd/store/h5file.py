@@ -32,6 +32,8 @@ CACHE = {"rdcc_nbytes": 8 * 2**20, "rdcc_nslots": 10007}
 
 def open_writer_file(path: str) -> h5py.File:
     """Open for SWMR writing; the caller must hold the writer lock (repair relies on it)."""
+    check_not_truncated(path, writer_locked=True)
+    check_metadata(path)
     try:
         h5 = h5py.File(path, "r+", libver="latest", **CACHE)
     except OSError as exc:
@@ -122,6 +124,58 @@ def check_signature(path: str) -> None:
         raise StoreFormatError(f"{path!r} is not an HDF5 file, so not a ubmd store")
 
 
+def check_not_truncated(path: str, *, writer_locked: bool = False) -> None:
+    """Refuse a file shorter than its superblock says it is (a copy or download cut short).
+
+    A SWMR reader skips HDF5's own check and retries each unreadable piece of metadata for
+    a long time, so a truncated store would hang a reader instead of failing. A live writer
+    may have reserved space it has not written yet; only without one is a short file damaged.
+    """
+    try:
+        expected = superblock.end_of_file_address(path)
+    except superblock.TruncatedSuperblockError as exc:
+        raise StoreFormatError(f"store {path!r} is truncated: {exc}") from None
+    except ValueError:
+        return  # not a superblock ubmd writes: opening it gives the reason
+    for _ in range(20):
+        size = os.path.getsize(path)
+        if size >= expected:
+            return
+        if writer_locked:
+            break
+        with no_live_writer(path) as free:
+            if free:
+                break
+        time.sleep(0.05)
+    raise StoreFormatError(
+        f"store {path!r} is truncated: {size} bytes on disk but its HDF5 superblock says "
+        f"{expected}; the file was cut short (an interrupted copy?); restore it from a copy"
+    )
+
+
+def check_metadata(path: str) -> None:
+    """Read every dataset's metadata without SWMR, where damage fails at once.
+
+    A SWMR reader retries metadata that fails its checksum (it may be half-written by the
+    writer), so a damaged file would hang it; call this only while no writer is alive.
+    """
+    try:
+        with h5py.File(path, "r", libver="latest") as h5:
+            check_attrs(h5, path)
+            for name in (*ATOM_DATASETS, *STRUCT_DATASETS, "strings", "committed"):
+                ds = h5[name]
+                if ds.shape[0]:
+                    ds[-1]  # the chunk index down to the last row
+    except StoreError:
+        raise
+    except OSError as exc:
+        if "already open" in str(exc):
+            return  # a killed writer's flags: the reader's open repairs them
+        raise StoreFormatError(f"store {path!r} is damaged: {exc}") from None
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise StoreFormatError(f"store {path!r} is damaged: {exc}") from None
+
+
 def open_reader_file(path: str) -> h5py.File:
     """Open for SWMR reading.
 
@@ -129,6 +183,10 @@ def open_reader_file(path: str) -> h5py.File:
     that moment, the file stays marked "open for write" and no SWMR reader may open it.
     When the writer lock shows that no writer is alive, the reader clears that mark.
     """
+    check_not_truncated(path)
+    with no_live_writer(path) as free:
+        if free:
+            check_metadata(path)
     for attempt in range(20):
         try:
             h5 = h5py.File(path, "r", libver="latest", swmr=True, **CACHE)

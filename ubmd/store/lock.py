@@ -25,13 +25,7 @@ class WriterLock:
 
     def __init__(self, store_path: str | os.PathLike[str]) -> None:
         self.path = lock_path(store_path)
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise PermissionError(
-                f"cannot create the writer lock {self.path!r} ({exc.strerror}); writing a "
-                "store needs a writable directory (open it with mode='r' to only read)"
-            ) from None
+        fd, self._created = _open_or_create(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -56,9 +50,31 @@ class WriterLock:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    def discard(self) -> None:
+        """Release after a failed open, removing the lock file if this lock created it, so
+        that refusing a bad file leaves no debris behind."""
+        if self._fd is not None and self._created:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)  # while still holding it: nobody can take it meanwhile
+        self.release()
+
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+
+def _open_or_create(path: str) -> tuple[int, bool]:
+    """Open the lock file, creating it if missing; return ``(fd, created)``."""
+    try:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            return os.open(path, os.O_RDWR), False
+    except OSError as exc:
+        raise PermissionError(
+            f"cannot create the writer lock {path!r} ({exc.strerror}); writing a store needs "
+            "a writable directory (open it with mode='r' to only read)"
+        ) from None
 
 
 @contextlib.contextmanager

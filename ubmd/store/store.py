@@ -76,7 +76,7 @@ class StructureStore:
             h5file.build(path, config_json)
             return cls._open_writer(path, lock)
         except BaseException:
-            lock.release()
+            lock.discard()
             raise
 
     @classmethod
@@ -102,7 +102,7 @@ class StructureStore:
         try:
             return cls._open_writer(path, lock)
         except BaseException:
-            lock.release()
+            lock.discard()
             raise
 
     @classmethod

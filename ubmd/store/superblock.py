@@ -22,6 +22,10 @@ _MASK = 0xFFFFFFFF
 _KNOWN_VERSIONS = (2, 3)
 
 
+class TruncatedSuperblockError(ValueError):
+    """The file ends inside its own superblock."""
+
+
 def _rot(x: int, k: int) -> int:
     return ((x << k) | (x >> (32 - k))) & _MASK
 
@@ -94,8 +98,16 @@ def read_superblock(path: str | os.PathLike[str]) -> tuple[int, int, bytes]:
         fh.seek(offset)
         block = fh.read(end)
     if len(block) != end:
-        raise ValueError(f"{os.fspath(path)!r}: truncated HDF5 superblock")
+        raise TruncatedSuperblockError(f"{os.fspath(path)!r}: truncated HDF5 superblock")
     return offset, version, block
+
+
+def end_of_file_address(path: str | os.PathLike[str]) -> int:
+    """Where the superblock says the file ends (base offset + end-of-file address), in bytes."""
+    offset, _, block = read_superblock(path)
+    size_of_offsets = block[9]
+    start = 12 + 2 * size_of_offsets  # base address, extension address, then end of file
+    return offset + int.from_bytes(block[start : start + size_of_offsets], "little")
 
 
 def consistency_flags(path: str | os.PathLike[str]) -> int:

@@ -1,0 +1,233 @@
+"""Nothing the driver starts outlives it, even when the driver is SIGKILLed (an OOM kill on a
+login node leaves no chance to clean up).
+
+parsl's interchange is a child of the driver, and LocalProvider starts each worker pool through
+``bash -c '... &'`` in a process group of its own, so the pool is re-parented to init at once;
+when the driver dies neither notices, and both hold ports and CPU for good. So the driver starts
+this watchdog first: a small process (``python -m ubmd.pipeline.watchdog``) reading a pipe whose
+write end only the driver holds. At EOF (the driver died, or let go at its normal end) it ends
+
+- every process carrying this run's token in its environment: the driver sets it before parsl
+  starts anything, so everything parsl starts inherits it, detached or not;
+- the driver's descendants it last saw (a snapshot every second, by pid and start time, so a
+  reused pid is never hit), for anything that started with a clean environment;
+
+with SIGTERM, then SIGKILL for what is left after a grace period, and exits. The token is new for
+every run: the watchdog of a killed run never touches the run that resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# the environment variable that marks every process one driver run starts
+TOKEN_VAR = "UBMD_RUN_TOKEN"
+GRACE_S = 2.0  # SIGTERM -> SIGKILL
+INTERVAL_S = 1.0  # descendant snapshots and driver checks
+
+
+@dataclass
+class Watchdog:
+    """The driver's side: a running watchdog and the write end of its pipe."""
+
+    process: subprocess.Popen
+    write_fd: int
+    token: str
+    previous_token: str | None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """The driver's normal end: let go (the watchdog ends what parsl's cleanup left
+        running apart from the driver's own children, then exits) and take the token out of
+        this process's environment."""
+        if self.previous_token is None:
+            os.environ.pop(TOKEN_VAR, None)
+        else:
+            os.environ[TOKEN_VAR] = self.previous_token
+        with contextlib.suppress(OSError):
+            os.close(self.write_fd)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=timeout)  # else it finishes on its own
+
+
+def start(
+    log: str | os.PathLike[str] | None = None,
+    *,
+    grace_s: float = GRACE_S,
+    interval_s: float = INTERVAL_S,
+) -> Watchdog:
+    """Start the watchdog of this (driver) process and mark what it starts from now on.
+
+    Call before parsl starts anything; call :meth:`Watchdog.stop` at the end. ``log``: a file
+    the watchdog appends what it ended to."""
+    token = uuid.uuid4().hex
+    read_fd, write_fd = os.pipe()  # not inheritable: only this process holds the write end
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_VAR}
+    command = [sys.executable, "-m", "ubmd.pipeline.watchdog", "--driver", str(os.getpid())]
+    command += ["--token", token, "--grace", str(grace_s), "--interval", str(interval_s)]
+    if log is not None:
+        command += ["--log", str(log)]
+    try:
+        process = subprocess.Popen(
+            command,
+            stdin=read_fd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # the driver's stderr may be gone when it matters
+            env=env,
+            start_new_session=True,  # a Ctrl-C or hangup of the driver's terminal is not its end
+        )
+    except BaseException:
+        os.close(write_fd)
+        raise
+    finally:
+        os.close(read_fd)
+    previous = os.environ.get(TOKEN_VAR)
+    os.environ[TOKEN_VAR] = token
+    return Watchdog(process, write_fd, token, previous)
+
+
+# ------------------------------------------------------------------ the watchdog process
+def watch(fd: int, driver: int, interval: float = INTERVAL_S) -> tuple[dict, Any]:
+    """Wait for EOF on ``fd`` or the driver's end. Returns the driver's descendants last seen
+    (pid -> psutil.Process), those started after this watchdog (the driver's older children,
+    when a test or a benchmark runs the driver in-process, are none of its business), and the
+    driver's psutil.Process (None if it was gone before the watchdog started)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(driver)
+        since = psutil.Process().create_time()  # same clock as the children's start times
+    except psutil.NoSuchProcess:
+        return {}, None
+    if parent.pid != os.getppid():  # the driver died before the watchdog started
+        return {}, None
+    seen: dict[int, psutil.Process] = {}
+    while True:
+        ready, _, _ = select.select([fd], [], [], interval)
+        if ready and not os.read(fd, 4096):
+            return seen, parent
+        # a fork of the driver may hold the pipe open: check the driver itself too
+        if not _alive(parent):
+            return seen, parent
+        _remember(seen, parent, since)
+
+
+def _remember(seen: dict, parent, since: float) -> None:
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for child in parent.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                # strictly later: started in the same clock tick as the watchdog is older
+                if child.pid != os.getpid() and child.create_time() > since:
+                    seen[child.pid] = child
+    for pid in [pid for pid, p in seen.items() if not _alive(p)]:
+        del seen[pid]
+
+
+def carriers(token: str) -> list:
+    """This user's processes whose environment holds ``token``."""
+    import psutil
+
+    uid, out = os.getuid(), []
+    for p in psutil.process_iter(["uids"]):
+        with contextlib.suppress(psutil.Error):
+            mine = p.info["uids"] is not None and p.info["uids"].real == uid
+            if mine and p.environ().get(TOKEN_VAR) == token:
+                out.append(p)
+    return out
+
+
+def sweep(token: str, seen: Iterable, exclude: set[int], grace: float = GRACE_S) -> list[str]:
+    """End what the driver started: SIGTERM, then SIGKILL after ``grace``. Scans again for what
+    a dying process started meanwhile. Returns a line per process ended."""
+    import psutil
+
+    ended: list[str] = []
+    targets = list(seen)
+    for _ in range(3):
+        found = {p.pid: p for p in [*targets, *carriers(token)] if p.pid not in exclude}
+        targets = [p for p in found.values() if _alive(p)]
+        if not targets:
+            break
+        ended += [_describe(p) for p in targets]
+        _signal(targets, "terminate")
+        _, alive = psutil.wait_procs(targets, timeout=grace)
+        alive = [p for p in alive if _alive(p)]
+        _signal(alive, "kill")
+        psutil.wait_procs(alive, timeout=grace)
+        targets = []
+    return ended
+
+
+def _signal(procs: Iterable, how: str) -> None:
+    import psutil
+
+    for p in procs:
+        with contextlib.suppress(psutil.Error):  # psutil refuses a pid that was reused
+            getattr(p, how)()
+
+
+def _children(p) -> list:
+    import psutil
+
+    try:
+        return p.children()
+    except psutil.Error:
+        return []
+
+
+def _alive(p) -> bool:
+    """Running and not a zombie (a zombie waits for its parent or init; it holds nothing)."""
+    import psutil
+
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _describe(p) -> str:
+    import psutil
+
+    try:
+        return f"{p.pid} {' '.join(p.cmdline())[:200]}"
+    except psutil.Error:
+        return str(p.pid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ubmd.pipeline.watchdog")
+    parser.add_argument("--driver", type=int, required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--grace", type=float, default=GRACE_S)
+    parser.add_argument("--interval", type=float, default=INTERVAL_S)
+    parser.add_argument("--log", type=Path)
+    args = parser.parse_args(argv)
+    seen, driver = watch(sys.stdin.fileno(), args.driver, args.interval)
+    spare, how = {os.getpid(), args.driver}, "died"
+    if driver is not None and _alive(driver):
+        # the normal end: the driver reaps its own children (parsl waits for its interchange;
+        # multiprocessing's helpers end with it); the rest, detached pools, are not its
+        spare |= {p.pid for p in _children(driver)}
+        how = "finished"
+    ended = sweep(args.token, seen.values(), spare, args.grace)
+    if args.log is not None and ended:
+        with contextlib.suppress(OSError), args.log.open("a") as f:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            f.writelines(f"{stamp} driver {args.driver} {how}: ended {line}\n" for line in ended)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
