@@ -53,7 +53,7 @@ def test_registry_lists_and_rejects():
     assert available_labelers() == ["amber", "cp2k", "emt", "vasp", "xtb"]
     with pytest.raises(ValueError, match="unknown labeler 'gaussian'; known labelers: amber, cp2k"):
         make_labeler("gaussian")
-    with pytest.raises(ValueError, match="extra"):
+    with pytest.raises(ValueError, match="unknown key .cutoff. in emt labeler settings"):
         make_labeler("emt", cutoff=3.0)
 
 
@@ -161,10 +161,29 @@ def test_amber_refuses_a_structure_that_does_not_match_the_topology(ala2, tmp_pa
 
 
 def test_in_process_time_limit():
+    """The limit interrupts a call that overruns it; afterwards, whether the call returned or
+    was interrupted, no timer is left armed and the previous SIGALRM handler is back, so no
+    alarm arrives after the limit has passed."""
+    import signal
     import time
 
-    with pytest.raises(TimeLimitExceeded), time_limit(0.2):
-        time.sleep(5)
-    with time_limit(5.0):
-        pass  # disarmed afterwards: a later sleep is not interrupted
-    time.sleep(0.3)
+    alarms = []
+
+    def sentinel(signum, frame):  # stands for whatever handler the caller had
+        alarms.append(signum)
+
+    previous = signal.signal(signal.SIGALRM, sentinel)
+    try:
+        with pytest.raises(TimeLimitExceeded), time_limit(0.2):
+            time.sleep(5)
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        assert signal.getsignal(signal.SIGALRM) is sentinel
+        with time_limit(0.2):
+            pass  # returns well within its limit
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0), "timer left armed"
+        assert signal.getsignal(signal.SIGALRM) is sentinel, "SIGALRM handler not restored"
+        time.sleep(0.4)  # past the limit: an alarm left behind would have arrived by now
+        assert alarms == []
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)

@@ -84,14 +84,33 @@ def test_nan_stops_one_replica_others_go_on_and_slot_is_refilled(tmp_path):
 def test_blow_up_ends_cleanly(tmp_path):
     """A far too long timestep on a compressed crystal: the replica ends with a reason,
     a readable candidate file and no exception; a sane replica in the batch goes on."""
-    hot = bulk("Ar", "fcc", a=4.2, cubic=True).repeat(2)  # strongly compressed argon
-    sane = Icosahedron("Ar", 2)
-    summary, data = _run(tmp_path, LJModel(cutoff=4.0), [hot, sane], "blow", timestep_fs=40.0,
-                         temperature_K=5000.0, stop=StopRules(min_distance_A=1.0, max_force_eV_A=20.0),
-                         n_steps=30)  # fmt: skip
+    hot = bulk("Ar", "fcc", a=3.8, cubic=True).repeat(2)  # strongly compressed argon
+    sane = Icosahedron("Ar", 2)  # the same 40 fs steps are fine for it at 30 K
+    settings = {"timestep_fs": 40.0, "n_steps": 30,
+                "stop": StopRules(min_distance_A=1.0, max_force_eV_A=20.0)}  # fmt: skip
+    summary, data = _run(tmp_path, LJModel(cutoff=4.0), [hot, sane], "blow", **settings)
     assert summary["replicas"][0]["stop_reason"] in ("force", "too_close", "nan")
-    assert summary["replicas"][0]["steps"] < 30
+    assert 0 < summary["replicas"][0]["steps"] < 30  # blew up during MD, not at the start
     assert np.isfinite(data[keys.POSITIONS]).all()
+    # the sane replica ran every step: its frames every 10 steps up to the step limit, finite
+    assert summary["replicas"][1] == {"start_index": 1, "stop_reason": "max_steps", "steps": 30}
+    mine = data[keys.REPLICA] == 1
+    assert list(data[keys.MD_STEP][mine]) == [10, 20, 30]
+    assert list(data[keys.STOP_REASON][mine]) == ["", "", "max_steps"]
+    atoms_of = np.repeat(data[keys.REPLICA], data[keys.N_ATOMS]) == 1
+    for key, rows in ((keys.ENERGY, mine), (keys.POSITIONS, atoms_of), (keys.FORCES, atoms_of)):
+        assert np.isfinite(data[key][rows]).all(), key
+    # and exactly as it runs next to a sane twin (same replica id, so the same noise): the
+    # blow-up beside it did not touch its trajectory
+    _, twin = _run(tmp_path, LJModel(cutoff=4.0), [sane, sane], "twin", **settings)
+    twin_rows = twin[keys.REPLICA] == 1
+    twin_atoms = np.repeat(twin[keys.REPLICA], twin[keys.N_ATOMS]) == 1
+    np.testing.assert_allclose(
+        data[keys.ENERGY][mine], twin[keys.ENERGY][twin_rows], rtol=0, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        data[keys.POSITIONS][atoms_of], twin[keys.POSITIONS][twin_atoms], rtol=0, atol=1e-10
+    )
 
 
 def test_bad_input(tmp_path):

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import parsl_logs
 import pytest
 import yaml
 
@@ -187,31 +188,45 @@ def test_cancelled_block_is_retried_and_nothing_lost(slurm, tmp_path, shrunk):
     data["model"]["training"].update(max_epochs=80, patience=80)  # long enough to be hit
     config.write_text(yaml.safe_dump(data))
     root = Path(data["directory"])
+    member = root / "iter_001" / "models" / "member_0.pt"
     proc = subprocess.Popen(
         _cli(config, _site(tmp_path, "slurm"), slurm), env=slurm, cwd=tmp_path,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        t0 = time.monotonic()  # training of iteration 1 runs once its model folder appears
-        while not (root / "iter_001" / "models").is_dir():
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.monotonic() - t0 < 300, "training never started"
-            time.sleep(0.1)
+        # iteration 1's training makes its models folder when it starts, in a worker of the gpu
+        # block, whose log names the executor task it received: that block is cancelled
+        running = _poll(
+            lambda: (root / "iter_001" / "models").is_dir()
+            and parsl_logs.busy(root / "parsl", "gpu"),
+            proc, "the training task in a gpu block",
+        )  # fmt: skip
+        (victim,) = running
         jobs = _jobs(slurm, "gpu")
         assert jobs, "no running block on partition gpu"
-        time.sleep(1.0)
         subprocess.run(["scancel", *jobs], env=slurm, check=True)
-        assert not (root / "iter_001" / "model.pt").exists(), "iteration finished before scancel"
+        assert not member.exists(), "iteration finished before scancel"
         assert proc.wait(timeout=400) == 0, proc.stderr.read()[-4000:]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    log = "\n".join(p.read_text(errors="replace") for p in (root / "parsl").rglob("parsl.log"))
-    assert "fail_count" in log or "retry" in log.lower(), "no retry recorded in the parsl log"
-    # a second block served the retried training task
+    # parsl lost the block's manager with the task on it, tried the task again, and a worker of
+    # a second block ran it to the end and wrote the member
+    retried = parsl_logs.check_retried_elsewhere(root / "parsl", victim, "ManagerLost", member)
+    assert retried.block != victim.block
     assert len(list((root / "parsl").rglob("submit_scripts/parsl.gpu.block-1.*.stdout"))) >= 1
     assert _counts(root / "store.h5") == EXPECTED
+
+
+def _poll(predicate, proc: subprocess.Popen, what: str, timeout: float = 300):
+    """Poll ``predicate`` until it returns something true, and return that."""
+    t0 = time.monotonic()
+    while not (value := predicate()):
+        assert proc.poll() is None, f"campaign ended before {what}: {proc.stderr.read()[-3000:]}"
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return value
 
 
 def test_block_drains_before_walltime_and_a_new_block_takes_the_rest(slurm, tmp_path, monkeypatch):
@@ -284,16 +299,25 @@ def test_one_gpu_per_worker_and_cpu_fallback(tmp_path, monkeypatch):
         name="gpus", executors={"g": spec}, roles=dict.fromkeys(("train", "explore", "select", "label"), "g")
     )  # fmt: skip
     # an importable function as the app (workers cannot import this test module): a child
-    # Python reports what the worker's environment gives it, and its worker's pid
+    # Python reports what the worker's environment gives it, and its worker's pid; each waits
+    # (60 s at most) until both have started, so the two tasks run at once, on two workers
     code = (
-        "import os, time; from ubmd.campaign.common import resolve_device; time.sleep(1.0); "
+        "import os, sys, time\n"
+        "from ubmd.campaign.common import resolve_device\n"
+        "open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close()\n"
+        "t0 = time.monotonic()\n"
+        "while len(os.listdir(sys.argv[1])) < 2 and time.monotonic() - t0 < 60:\n"
+        "    time.sleep(0.05)\n"
         "print(os.environ.get('CUDA_VISIBLE_DEVICES', ''), os.getppid(), resolve_device('auto'))"
     )
+    started = tmp_path / "started"
+    started.mkdir()
     monkeypatch.setenv("PYTHONPATH", PYTHONPATH)
     dfk = parsl.load(make_config(site, tmp_path))
     try:
         app = parsl.python_app(subprocess.check_output, executors=["g"])
-        futures = [app([sys.executable, "-c", code], text=True) for _ in range(2)]
+        argv = [sys.executable, "-c", code, str(started)]
+        futures = [app(argv, text=True) for _ in range(2)]
         results = [f.result(timeout=120).split() for f in futures]
     finally:
         dfk.cleanup()

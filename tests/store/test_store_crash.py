@@ -154,8 +154,11 @@ def test_reader_sees_consistent_prefix_while_writer_appends(tmp_path: Path) -> N
             assert str(proc.pid) in str(exc)
         seen = []
         with StructureStore.open(path, mode="r") as st:
-            deadline = time.monotonic() + 1.5
-            while time.monotonic() < deadline:
+            # read while the writer appends, until a hundred sizes have been seen (a hundred
+            # appends landed between reads; ~1 s here), however slow the machine
+            deadline = time.monotonic() + 120
+            while len(set(seen)) < 100:
+                assert time.monotonic() < deadline, f"reader did not see progress: {seen}"
                 st.refresh()
                 seen.append(len(st))
                 d = st.read_arrays()
