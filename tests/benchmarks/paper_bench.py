@@ -8,6 +8,12 @@ on the whole-plane test set, wall time.
 
     python tests/benchmarks/paper_bench.py --scale small              # the quickstart, 3 seeds
     python tests/benchmarks/paper_bench.py --scale full --seeds 0     # ala2_paper, 512 labels
+    python tests/benchmarks/paper_bench.py --scale mil53 --seeds 0    # MIL-53(Al), NPT
+
+``--scale mil53`` compares the shipped NPT campaign (bias on forces and stress) with the same
+campaign without the bias stress (variant ``no_stress_bias``: ``tau_stress_rel`` 0) and adds the
+cell volumes the labels reached (closed pore about 800 Å^3, large pore about 1430 Å^3) and the
+stress error on the held-out set that spans both pores.
 
 Campaigns go to ``--out`` (default ``runs/paper_bench``) and resume when run again, so a long
 run can be stopped and continued with the same command. Last line: mean whole-plane force RMSE,
@@ -24,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from ubmd.campaign.config import apply_overrides
@@ -32,7 +39,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SCALES = {
     "small": ROOT / "workflows" / "quickstart" / "campaign.yaml",
     "full": ROOT / "workflows" / "ala2_paper" / "campaign.yaml",
+    "mil53": ROOT / "workflows" / "mil53_npt" / "campaign.yaml",
 }
+DEFAULT_VARIANTS = {"mil53": ["biased", "no_stress_bias"]}
+# MIL-53(Al) volumes: below CLOSED_A3 a label is near the closed pore (802 Å^3), above OPEN_A3
+# near the large pore (1427 Å^3); between them, the breathing transition.
+CLOSED_A3, OPEN_A3 = 1000.0, 1250.0
 
 
 def campaign_file(
@@ -61,6 +73,10 @@ def campaign_file(
             settings[key] = absolute(value)
     if variant == "unbiased":
         data["exploration"]["settings"]["sampler"] = "md"
+    elif variant == "no_stress_bias":
+        data["exploration"]["settings"]["tau_stress_rel"] = 0.0
+    elif variant != "biased":
+        raise SystemExit(f"unknown variant {variant!r} (biased, unbiased, no_stress_bias)")
     path = out / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -88,11 +104,55 @@ def final_row(directory: Path) -> dict:
         "E_300K": 1000 * rep["test"]["energy_rmse_eV_atom"],
         "F_300K": rep["test"]["force_rmse_eV_A"],
     }
+    if "stress_rmse_meV_A3" in rep["test"]:
+        row["S_test"] = rep["test"]["stress_rmse_meV_A3"]
     plane = (rep.get("tests") or {}).get("plane")
     if plane:
         row["E_plane"] = 1000 * plane["energy_rmse_eV_atom"]
         row["F_plane"] = plane["force_rmse_eV_A"]
+    volumes = label_volumes(directory / "store.h5")
+    if len(volumes):
+        row["V_min"], row["V_max"] = float(volumes.min()), float(volumes.max())
+        row["n_closed"] = int((volumes < CLOSED_A3).sum())
+        row["n_between"] = int(((volumes >= CLOSED_A3) & (volumes <= OPEN_A3)).sum())
+        row["n_open"] = int((volumes > OPEN_A3).sum())
     return row
+
+
+def label_volumes(store_path: Path) -> np.ndarray:
+    """Cell volumes (Å^3) of the periodic ok labels of a store (empty for molecules)."""
+    from ubmd import keys
+    from ubmd.store import StructureStore
+
+    with StructureStore.open(store_path, mode="r") as store:
+        arrays = store.read_arrays(status=keys.STATUS_OK)
+    cells = np.asarray(arrays[keys.CELL]).reshape(-1, 3, 3)
+    pbc = np.asarray(arrays[keys.PBC]).reshape(-1, 3).all(axis=1)
+    return np.abs(np.linalg.det(cells[pbc]))
+
+
+def plot_volumes(directories: dict[str, Path], path: Path) -> None:
+    """Histogram of the labelled cell volumes of each campaign (MIL-53)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(600, 1700, 45)
+    for name, directory in directories.items():
+        ax.hist(
+            label_volumes(directory / "store.h5"), bins=bins, histtype="step", lw=1.5, label=name
+        )
+    for v, text in ((802.3, "closed pore"), (1427.4, "large pore")):
+        ax.axvline(v, color="grey", ls=":")
+        ax.text(v, ax.get_ylim()[1] * 0.95, text, ha="center", va="top", fontsize=8)
+    ax.set_xlabel("cell volume of the label (Å$^3$)")
+    ax.set_ylabel("labels")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def export(directory: Path, dest: Path, wall_s: float) -> None:
@@ -118,7 +178,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=["biased", "unbiased"])
+    parser.add_argument(
+        "--variants", nargs="+", help="default: biased unbiased (mil53: biased no_stress_bias)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "paper_bench")
     parser.add_argument(
         "--set",
@@ -144,11 +206,12 @@ def main() -> None:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
         changes[key] = yaml.safe_load(value)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, directories = [], {}
     for seed in args.seeds:
         for variant in args.variants:
             path = campaign_file(args.scale, variant, seed, args.out, changes=changes, tag=args.tag)
             directory = args.out / path.stem
+            directories[path.stem] = directory
             times = directory / "wall_time_s.json"
             wall = json.loads(times.read_text()) if times.exists() else 0.0
             if not (directory / "final" / "report.json").exists():
@@ -173,9 +236,16 @@ def main() -> None:
             means[(variant, k)] = mean
             cells.append(f"{k} {mean:.4g} ± {std:.2g}")
         print(f"{variant:9s} n={len(mine)}  " + "  ".join(cells))
+    if args.scale == "mil53":
+        plot = args.out / f"{args.scale}{args.tag}_volumes.png"
+        plot_volumes(directories, plot)
+        print(f"volume histogram: {plot}")
     if ("biased", "F_plane") in means and ("unbiased", "F_plane") in means:
         ratio = means[("biased", "F_plane")] / means[("unbiased", "F_plane")]
         print(f"whole-plane force RMSE biased/unbiased: {ratio:.3f}")
+    elif ("biased", "S_test") in means and ("no_stress_bias", "S_test") in means:
+        ratio = means[("biased", "S_test")] / means[("no_stress_bias", "S_test")]
+        print(f"held-out stress RMSE with/without the bias stress: {ratio:.3f}")
 
 
 def _fmt_row(row: dict) -> str:

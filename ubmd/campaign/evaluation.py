@@ -23,23 +23,35 @@ def _errors(model: Any, arrays: dict[str, np.ndarray], device: str) -> dict[str,
 
     ref = next(iter(model.members)) if hasattr(model, "members") else model
     n = len(arrays[keys.N_ATOMS])
-    de, df = [], []
+    # stress only where the reference gave one (periodic frames labelled with stress)
+    has_stress = np.asarray(arrays.get(keys.HAS_STRESS, np.zeros(n, bool)), bool)
+    de, df, ds = [], [], []
     for start in range(0, n, 64):
         part = select(arrays, np.arange(start, min(start + 64, n)))
         graph = Graph.from_arrays(
             part, cutoff=ref.cutoff, device=torch.device(device), dtype=ref.dtype
         )
-        res = predict(model, graph, None, forces=True)
+        want = bool(has_stress[start : start + 64].any())
+        res = predict(model, graph, None, forces=True, stress=want)
         de.append((res[keys.ENERGY].cpu().numpy() - part[keys.ENERGY]) / part[keys.N_ATOMS])
         df.append(res[keys.FORCES].cpu().numpy() - part[keys.FORCES])
+        if want:
+            rows = np.asarray(part[keys.HAS_STRESS], bool)
+            ds.append(res[keys.STRESS].cpu().numpy()[rows] - part[keys.STRESS][rows])
     de_all, df_all = np.concatenate(de), np.concatenate(df)
-    return {
+    out = {
         "n_structures": n,
         "energy_rmse_eV_atom": float(np.sqrt(np.mean(de_all**2))),
         "energy_mae_eV_atom": float(np.mean(np.abs(de_all))),
         "force_rmse_eV_A": float(np.sqrt(np.mean(df_all**2))),
         "force_mae_eV_A": float(np.mean(np.abs(df_all))),
     }
+    if ds:
+        ds_all = np.concatenate(ds)
+        out["n_stress"] = len(ds_all)
+        out["stress_rmse_meV_A3"] = float(1000 * np.sqrt(np.mean(ds_all**2)))
+        out["stress_mae_meV_A3"] = float(1000 * np.mean(np.abs(ds_all)))
+    return out
 
 
 def _test_metrics(config: CampaignConfig, bundle: str, device: str) -> dict[str, Any]:

@@ -43,7 +43,8 @@ def _plt() -> Any:
 def summary_rows(layout: CampaignLayout) -> list[dict[str, Any]]:
     """One row per iteration report, then one for the final model (iteration "final").
 
-    Extra named test sets add ``<name>_energy_rmse_meV_atom`` and ``<name>_force_rmse_eV_A``."""
+    Extra named test sets add ``<name>_energy_rmse_meV_atom`` and ``<name>_force_rmse_eV_A``;
+    a test set with stress labels adds ``stress_rmse_meV_A3``."""
     reports = [(it, layout.report(it)) for it in layout.iterations_present()]
     reports.append(("final", layout.final_report))
     rows = []
@@ -66,6 +67,8 @@ def summary_rows(layout: CampaignLayout) -> list[dict[str, Any]]:
             "candidates": rep.get("candidates"),
             "selected": rep.get("selected"),
         }
+        if "stress_rmse_meV_A3" in test:  # periodic test sets labelled with stress
+            row["stress_rmse_meV_A3"] = test["stress_rmse_meV_A3"]
         for name, metrics in (rep.get("tests") or {}).items():
             row[f"{name}_energy_rmse_meV_atom"] = _scale(metrics.get("energy_rmse_eV_atom"), 1e3)
             row[f"{name}_force_rmse_eV_A"] = metrics.get("force_rmse_eV_A")

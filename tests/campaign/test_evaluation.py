@@ -1,0 +1,42 @@
+"""The campaign's held-out errors: the same numbers as `ubmd evaluate`'s, stress included."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+
+from model_helpers import emt_dataset, make_painn  # noqa: E402
+
+
+def test_errors_match_the_model_metrics_with_stress():
+    from ubmd.campaign.evaluation import _errors
+    from ubmd.models.data import labelled_arrays
+    from ubmd.models.metrics import error_metrics
+
+    frames = emt_dataset(5, seed=3)
+    model = make_painn([13, 29])
+    arrays = labelled_arrays(frames)
+    mine = _errors(model, arrays, "cpu")
+    ref = error_metrics(model, frames)
+    assert mine["n_stress"] == 5
+    assert mine["energy_rmse_eV_atom"] == pytest.approx(ref["energy_per_atom_rmse"], rel=1e-9)
+    assert mine["force_rmse_eV_A"] == pytest.approx(ref["forces_rmse"], rel=1e-9)
+    assert mine["stress_rmse_meV_A3"] == pytest.approx(1000 * ref["stress_rmse"], rel=1e-9)
+    assert mine["stress_mae_meV_A3"] == pytest.approx(1000 * ref["stress_mae"], rel=1e-9)
+
+
+def test_no_stress_columns_without_stress_labels():
+    from ubmd.campaign.evaluation import _errors
+    from ubmd.models.data import labelled_arrays
+
+    frames = emt_dataset(3, seed=4)
+    for atoms in frames:
+        del atoms.calc.results["stress"]
+    arrays = labelled_arrays(frames)
+    assert not np.asarray(arrays["has_stress"]).any()
+    assert "stress_rmse_meV_A3" not in _errors(make_painn([13, 29]), arrays, "cpu")
