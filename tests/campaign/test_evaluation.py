@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 
-from model_helpers import emt_dataset, make_painn  # noqa: E402
+from model_helpers import emt_dataset, make_painn
 
 
 def test_errors_match_the_model_metrics_with_stress():
