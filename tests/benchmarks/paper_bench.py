@@ -131,6 +131,65 @@ def label_volumes(store_path: Path) -> np.ndarray:
     return np.abs(np.linalg.det(cells[pbc]))
 
 
+def read_summary(directory: Path) -> list[dict]:
+    """Rows of a campaign's reports/summary.tsv (numbers as floats, '-' as None)."""
+    path = directory / "reports" / "summary.tsv"
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    head = lines[0].split("\t")
+
+    def value(text: str):
+        try:
+            return float(text)
+        except ValueError:
+            return None if text == "-" else text
+
+    return [dict(zip(head, map(value, line.split("\t")), strict=True)) for line in lines[1:]]
+
+
+CURVES = (
+    ("ramachandran_coverage", "Ramachandran coverage"),
+    ("force_rmse_eV_A", "force RMSE, 300 K set (eV/Å)"),
+    ("plane_force_rmse_eV_A", "force RMSE, whole plane (eV/Å)"),
+    ("energy_rmse_meV_atom", "energy RMSE, 300 K set (meV/atom)"),
+)
+
+
+def plot_curves(directories: dict[str, Path], path: Path) -> None:
+    """Coverage and held-out errors against labels, every campaign in one figure (the final
+    model as a star at its label count)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summaries = {name: read_summary(d) for name, d in directories.items()}
+    shown = [
+        (k, t) for k, t in CURVES if any(r.get(k) for rows in summaries.values() for r in rows)
+    ]
+    if not shown:
+        return
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.6 * len(shown), 3.2), squeeze=False)
+    for (key, title), ax in zip(shown, axes[0], strict=True):
+        seeds = sorted({name.rsplit("seed", 1)[-1] for name in summaries})
+        for name, rows in summaries.items():
+            it = [r for r in rows if r["iteration"] != "final" and r.get(key) is not None]
+            # colour by variant, line style by seed
+            color = "C3" if "unbiased" in name or "no_stress" in name else "C0"
+            style = ("-", "--", ":", "-.")[seeds.index(name.rsplit("seed", 1)[-1]) % 4]
+            ax.plot([r["labels"] for r in it], [r[key] for r in it], style, color=color, label=name)
+            final = [r for r in rows if r["iteration"] == "final" and r.get(key) is not None]
+            if final:
+                ax.plot(final[0]["labels"], final[0][key], "*", color=color, ms=10)
+        ax.set_xlabel("labels")
+        ax.set_title(title, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_volumes(directories: dict[str, Path], path: Path) -> None:
     """Histogram of the labelled cell volumes of each campaign (MIL-53)."""
     import matplotlib
@@ -236,6 +295,9 @@ def main() -> None:
             means[(variant, k)] = mean
             cells.append(f"{k} {mean:.4g} ± {std:.2g}")
         print(f"{variant:9s} n={len(mine)}  " + "  ".join(cells))
+    curves = args.out / f"{args.scale}{args.tag}_curves.png"
+    plot_curves(directories, curves)
+    print(f"learning curves: {curves}")
     if args.scale == "mil53":
         plot = args.out / f"{args.scale}{args.tag}_volumes.png"
         plot_volumes(directories, plot)
