@@ -17,7 +17,14 @@ _TRAIN_HELP = (
     "Settings (loss weights, learning rate, model size, ...) can come from a YAML file "
     "(--config) whose keys are the fields of ubmd.models.TrainConfig, e.g. "
     "'model_options: {n_features: 32}' or 'lr: 0.005'; command-line options override it. "
-    "With --checkpoint-dir a killed run resumes when the same command is run again."
+    "With --checkpoint-dir a killed run resumes when the same command is run again.\n\n"
+    "With --uncertainty METHOD the model file also holds a fitted uncertainty estimator and its "
+    "conformal calibration, so `ubmd explore` can bias with it and stop on calibrated "
+    "thresholds: --calibration-fraction of DATA (default 0.2) is held out of training to "
+    "calibrate on (or --calibration-data gives the calibration set), and the uncertainty is "
+    "fitted on the rest. Check the calibration on fresh data with `ubmd evaluate MODEL TEST "
+    "--calibration`.\n\n"
+    "Example: ubmd train data/ala2/ala2_xtb_300K.extxyz --out ala2.pt --uncertainty posterior"
 )
 
 _EVAL_HELP = (
@@ -50,6 +57,75 @@ def _check_writable(out: Path) -> None:
         raise PermissionError(f"--out {str(out)!r}: cannot write in {str(parent)!r}")
 
 
+def _need_calibration_points(alpha: float) -> int:
+    """Fewest calibration structures for split-conformal calibration at ``alpha``."""
+    import math
+
+    return math.ceil(1.0 / alpha - 1.0 - 1e-12)
+
+
+def _uncertainty_plan(
+    method: str | None,
+    features: str | None,
+    calibration_fraction: float | None,
+    calibration_data: list[Path] | None,
+    alpha: float | None,
+    ensemble: int,
+):
+    """Check the uncertainty options before any training; (UncertaintyConfig or None, alpha)."""
+    if method is None:
+        given = [
+            name
+            for name, value in (
+                ("--features", features),
+                ("--calibration-fraction", calibration_fraction),
+                ("--calibration-data", calibration_data),
+                ("--alpha", alpha),
+            )
+            if value is not None and value != []
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} only apply with --uncertainty METHOD "
+                "(e.g. --uncertainty posterior)"
+            )
+        return None, None
+    from ubmd.uncertainty import UncertaintyConfig
+
+    ucfg = UncertaintyConfig(method=method, features=features or "last_layer")
+    if method == "ensemble" and ensemble < 2:
+        raise ValueError(
+            "--uncertainty ensemble needs an ensemble: add -M 2 (or more members), or use "
+            "--uncertainty posterior for a single model"
+        )
+    if calibration_data and calibration_fraction is not None:
+        raise ValueError("give either --calibration-data or --calibration-fraction, not both")
+    if calibration_fraction is not None and not 0 < calibration_fraction < 1:
+        raise ValueError(f"--calibration-fraction must lie in (0, 1), got {calibration_fraction}")
+    alpha = 0.05 if alpha is None else alpha
+    if not 0 < alpha < 1:
+        raise ValueError(f"--alpha must lie in (0, 1), got {alpha}")
+    return ucfg, alpha
+
+
+def _calibration_split(arrays: dict, fraction: float, alpha: float, seed: int):
+    """(training arrays, calibration arrays): ``fraction`` of the structures held out."""
+    from ubmd.models import data as mdata
+    from ubmd.models.train import split_indices
+
+    n = len(arrays["n_atoms"])
+    need = _need_calibration_points(alpha)
+    train_idx, cal_idx = split_indices(n, fraction, seed)
+    if len(cal_idx) < need or len(train_idx) < 2:
+        raise ValueError(
+            f"--calibration-fraction {fraction} of {n} structures holds out {len(cal_idx)} for "
+            f"calibration; conformal calibration at --alpha {alpha} needs at least {need} "
+            f"(and training at least 2): raise --calibration-fraction, give "
+            f"--calibration-data, raise --alpha, or add data"
+        )
+    return mdata.select(arrays, train_idx), mdata.select(arrays, cal_idx)
+
+
 def train(
     data: list[Path] = typer.Argument(..., help="Training data: extxyz files or ubmd stores (.h5)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the model file (.pt)."),
@@ -63,13 +139,18 @@ def train(
     seed: int | None = typer.Option(None, "--seed", help="Random seed (member m uses seed+m)."),
     checkpoint_dir: Path | None = typer.Option(None, "--checkpoint-dir", help="Write resumable checkpoints here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print per-epoch progress."),
+    uncertainty: str | None = typer.Option(None, "--uncertainty", help="Also fit this uncertainty and calibrate it: posterior, distance, gmm, or ensemble (with -M 2 or more). The file is then a bundle `ubmd explore` biases with."),
+    features: str | None = typer.Option(None, "--features", help="With --uncertainty: last_layer (default) or sketched_gradient features."),
+    calibration_fraction: float | None = typer.Option(None, "--calibration-fraction", help="With --uncertainty: share of DATA held out of training to calibrate on (default 0.2)."),
+    calibration_data: list[Path] | None = typer.Option(None, "--calibration-data", help="With --uncertainty: labelled calibration data (then all of DATA trains)."),
+    alpha: float | None = typer.Option(None, "--alpha", help="With --uncertainty: calibrated intervals cover 1-α of fresh data (default 0.05)."),
 ) -> None:  # fmt: skip
     with user_errors():
         from rich.console import Console
 
         from ubmd.devices import check_device_here
         from ubmd.models import data as mdata
-        from ubmd.models.base import save_model
+        from ubmd.models import save_model
         from ubmd.models.train import train_ensemble, train_model
 
         console = Console()
@@ -78,12 +159,36 @@ def train(
         )  # fmt: skip
         if ensemble < 1:
             raise ValueError(f"--ensemble must be >= 1, got {ensemble}")
+        ucfg, alpha = _uncertainty_plan(
+            uncertainty, features, calibration_fraction, calibration_data, alpha, ensemble
+        )
         check_device_here(cfg.device, where="device")
         _check_writable(out)
         arrays = mdata.labelled_arrays([str(p) for p in data])
         valid_data = mdata.labelled_arrays([str(p) for p in valid]) if valid else None
+        cal_arrays = None
+        if ucfg is not None:
+            if calibration_data:
+                cal_arrays = mdata.labelled_arrays([str(p) for p in calibration_data])
+                need = _need_calibration_points(alpha)
+                if len(cal_arrays["n_atoms"]) < need:
+                    raise ValueError(
+                        f"--calibration-data holds {len(cal_arrays['n_atoms'])} structures; "
+                        f"conformal calibration at --alpha {alpha} needs at least {need}"
+                    )
+            else:
+                fraction = 0.2 if calibration_fraction is None else calibration_fraction
+                arrays, cal_arrays = _calibration_split(arrays, fraction, alpha, cfg.seed)
+        held = ""
+        if cal_arrays is not None:
+            n_cal = len(cal_arrays["n_atoms"])
+            held = (
+                f", calibrating on the {n_cal} of --calibration-data"
+                if calibration_data
+                else f", {n_cal} held out to calibrate"
+            )
         console.print(
-            f"training {cfg.model} on {len(arrays['n_atoms'])} structures "
+            f"training {cfg.model} on {len(arrays['n_atoms'])} structures{held} "
             f"({'ensemble of ' + str(ensemble) if ensemble > 1 else 'single model'}, "
             f"device {cfg.resolved_device()}, {cfg.dtype})"
         )
@@ -104,7 +209,12 @@ def train(
         else:
             net, histories = train_ensemble(cfg, arrays, ensemble, valid_data=valid_data, checkpoint_dir=checkpoint_dir, log=log)  # fmt: skip
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_model(out, net, extra={"train_config": {k: str(v) for k, v in cfg.to_dict().items()}})
+        extra = {"train_config": {k: str(v) for k, v in cfg.to_dict().items()}}
+        fitted = None
+        if ucfg is None:
+            save_model(out, net, extra=extra)
+        else:
+            fitted = _fit_and_save(out, net, ucfg, arrays, cal_arrays, alpha, extra)
         best = [min(h, key=lambda r: r["valid_loss"]) for h in histories]
         for m, b in enumerate(best):
             console.print(
@@ -112,7 +222,31 @@ def train(
                 f"energy RMSE {b['valid_energy_rmse'] * 1000:.2f} meV/atom",
                 highlight=False,
             )
+        if fitted is not None:
+            console.print(fitted, highlight=False, markup=False)
         console.print(f"wrote {out}")
+
+
+def _fit_and_save(out: Path, net, ucfg, train_arrays, cal_arrays, alpha, extra) -> str:
+    """Fit the uncertainty on the training structures, calibrate it on the held-out ones and
+    write model + estimator + calibration as one bundle (the campaign's format); a summary."""
+    from ubmd.uncertainty import calibrate_model, fit_uncertainty, save_bundle
+
+    estimator = fit_uncertainty(net, train_arrays, ucfg)
+    calibration = calibrate_model(net, estimator, cal_arrays, alpha=alpha)
+    save_bundle(out, net, estimator, calibration, extra=extra)
+    factors = ", ".join(
+        f"{name} {value:.4g}"
+        for name, value in (("c_total", calibration.c_total), ("c_atom", calibration.c_atom))
+        if value is not None
+    )
+    return (
+        f"uncertainty: {ucfg.method} on {ucfg.features} features, fitted on "
+        f"{len(train_arrays['n_atoms'])} structures, calibrated on "
+        f"{len(cal_arrays['n_atoms'])} structures it was not trained on, at alpha {alpha} "
+        f"({factors}); "
+        f"check it on fresh data with `ubmd evaluate {out} TEST --calibration`"
+    )
 
 
 def evaluate(
@@ -127,7 +261,7 @@ def evaluate(
         from rich.table import Table
 
         from ubmd.devices import check_device_here
-        from ubmd.models.base import load_model
+        from ubmd.models import load_model
         from ubmd.models.metrics import error_metrics
 
         check_device_here(device)
@@ -156,8 +290,8 @@ def _print_coverage(model_path: Path, data: list[str], *, batch_size: int, devic
     net, estimator, calibration = load_bundle(model_path, device=device)
     if estimator is None or calibration is None:
         raise ValueError(
-            f"{model_path} holds no uncertainty estimator/calibration; write one with "
-            "ubmd.uncertainty.save_bundle (the campaign does this after calibrating)"
+            f"{model_path} holds no uncertainty estimator/calibration; train one that does "
+            f"with `ubmd train DATA --uncertainty posterior --out {model_path}`"
         )
     cov = coverage(net, estimator, calibration, data, batch_size=batch_size, device=device)
     table = Table(title=f"calibrated uncertainty, target coverage 1-α = {1 - cov['alpha']:.3f}")

@@ -30,8 +30,9 @@ class UBMDModel:
     atom-based ensemble uncertainty); False gives only the total uncertainty, but lets a
     biased step cost one backward pass through all members (see :mod:`ubmd.md.bias`).
     ``skin_A``: Verlet skin of the neighbour lists (0 searches every step).
-    ``compile``: run a ``torch.compile``-d copy of the potential (seconds to compile on
-    the first steps, then faster steps; worth it for runs of more than a few hundred steps).
+    ``compile``: run a ``torch.compile``-d copy of the potential (compiling takes the first
+    steps 10-40 s on a 2-core CPU, then steps are faster; worth it for long runs).
+    Sketched-gradient estimators cannot run compiled (they hook into the readout).
     """
 
     differentiable = True

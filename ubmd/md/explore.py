@@ -186,7 +186,11 @@ def run_explorer(
     (unbiased samplers only), or anything :func:`ubmd.md.adapter.as_md_model` takes (a
     model file path, ``(model, estimator, calibration)``). Summary: ``n_frames``,
     ``replicas`` (id -> dict with ``stop_reason``, ``steps``, ``start_index``),
-    ``wall_time_s``, ``atom_steps_per_s``, ``compiled`` (the model ran compiled code).
+    ``wall_time_s``, ``atom_steps_per_s`` (over the whole run), ``compiled`` (the model ran
+    compiled code), and the steady state apart from the warm-up: ``warmup_s`` (start-up,
+    compiling and the first ``warmup_steps`` batch steps), ``steady_steps`` and
+    ``steady_atom_steps_per_s`` (None when the run is not longer than the warm-up). The
+    warm-up is ``min(10, max(1, n_steps // 10))`` batch steps.
     """
     from ubmd.md.adapter import as_md_model
 
@@ -254,10 +258,15 @@ def run_explorer(
 
     n_frames, done_steps, atom_steps = 0, 0, 0
     planned = n_runs * config.n_steps
+    warmup = min(10, max(1, config.n_steps // 10))  # batch steps before the steady state
+    n_batch_steps, t_warm, atom_steps_warm = 0, None, 0
     t0 = time.perf_counter()
     with CandidateWriter(out_path) as writer:
         state = start(writer, n_slots)
         while state is not None and state.n_replicas > 0:
+            if n_batch_steps == warmup:
+                t_warm, atom_steps_warm = time.perf_counter(), atom_steps
+            n_batch_steps += 1
             # the integrators replace these tensors, so references are a snapshot
             before = (state.positions, state.velocities, state.cell, state.step)
             temp = t_sched.at(state.step).to(dtype)
@@ -300,7 +309,9 @@ def run_explorer(
                     state = concat_states([state, fresh])
             if progress is not None:
                 progress(done_steps, planned)
+        t_end = time.perf_counter()
     wall = time.perf_counter() - t0
+    steady = None if t_warm is None else (atom_steps - atom_steps_warm) / max(t_end - t_warm, 1e-9)
     return {
         "n_frames": n_frames,
         "replicas": info,
@@ -308,4 +319,8 @@ def run_explorer(
         "atom_steps_per_s": atom_steps / max(wall, 1e-9),
         "out_path": str(out_path),
         "compiled": bool(getattr(model, "compiled", False)),
+        "warmup_steps": min(warmup, n_batch_steps),
+        "warmup_s": (t_end if t_warm is None else t_warm) - t0,
+        "steady_steps": max(0, n_batch_steps - warmup),
+        "steady_atom_steps_per_s": steady,
     }
