@@ -148,5 +148,5 @@ def test_compiled_calculator_matches_eager(setup):
             np.testing.assert_allclose(comp.results[key], eager.results[key], atol=1e-9)
     ammonia = molecule("NH3")
     ammonia.calc = comp
-    with pytest.raises(ValueError, match=r"\[7\] unknown to this model"):
+    with pytest.raises(ValueError, match=r"N \(7\) unknown to this model"):
         ammonia.get_potential_energy()

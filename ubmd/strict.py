@@ -93,11 +93,21 @@ def check_keys(data: Mapping[str, Any], valid: Iterable[str], where: str) -> Non
             )
 
 
-def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
-    """Build ``cls`` (a dataclass or pydantic model) from ``data``, strictly."""
+def build(
+    cls: type[T],
+    data: Mapping[str, Any] | None,
+    where: str,
+    *,
+    fixed: Mapping[str, Any] | None = None,
+) -> T:
+    """Build ``cls`` (a dataclass or pydantic model) from ``data``, strictly.
+
+    ``fixed``: fields the caller sets, not the user; they are not valid keys of ``data``.
+    """
     from pydantic import BaseModel, TypeAdapter, ValidationError
 
     data = {} if data is None else data
+    fixed = fixed or {}
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"{where} must be a mapping of keys to values, got {type(data).__name__}: {brief(data)}"
@@ -108,8 +118,9 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
         valid = list(cls.model_fields)
     else:
         raise TypeError(f"cannot build {cls!r}: not a dataclass or pydantic model")
-    check_keys(data, valid, where)
+    check_keys(data, [k for k in valid if k not in fixed], where)
     _check_nested(cls, data, where)
+    data = {**data, **fixed}
     try:
         if dataclasses.is_dataclass(cls):
             return TypeAdapter(cls).validate_python(dict(data))
@@ -118,6 +129,14 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
         raise ConfigError(format_validation_error(exc, where)) from None
     except (TypeError, ValueError) as exc:  # raised by the class's own __post_init__ checks
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def place(where: str, path: str) -> str:
+    """The place of a key ``path`` inside ``where``: after a dot inside a key path
+    ("exploration.settings.stop"), after a colon inside a file or a named thing
+    ("c.yaml: selection.batch_size", "training config: lr")."""
+    named = where.endswith((".yaml", ".yml", ".json")) or " " in where
+    return f"{where}: {path}" if named and ": " not in where else f"{where}.{path}"
 
 
 def _config_class(annotation: Any) -> type | None:
@@ -176,8 +195,8 @@ def _check_nested(cls: type, data: Mapping[str, Any], where: str) -> None:
                 valid = [f.name for f in dataclasses.fields(klass) if f.init]
             else:
                 valid = list(klass.model_fields)
-            check_keys(item, valid, f"{where}.{key}{suffix}")
-            _check_nested(klass, item, f"{where}.{key}{suffix}")
+            check_keys(item, valid, place(where, f"{key}{suffix}"))
+            _check_nested(klass, item, place(where, f"{key}{suffix}"))
 
 
 def format_validation_error(exc: Any, where: str) -> str:
@@ -185,14 +204,17 @@ def format_validation_error(exc: Any, where: str) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
-        place = f"{where}.{loc}" if loc else where
+        at = place(where, loc) if loc else where
         value = err.get("input")
         if err.get("type") == "extra_forbidden":
             lines.append(f"unknown key '{loc.split('.')[-1]}' in {where}")
             continue
-        if isinstance(value, dict | list) and loc:
+        msg = str(err.get("msg"))
+        if err.get("type") == "value_error":  # our own checks: their message names the value
+            msg = msg.removeprefix("Value error, ")
+        if isinstance(value, dict | list):
             # the whole section came back as the input: the message names the key already
-            lines.append(f"{place}: {err.get('msg')}")
+            lines.append(f"{at}: {msg}")
         else:
-            lines.append(f"{place}: {err.get('msg')} (got {brief(value)})")
+            lines.append(f"{at}: {msg} (got {brief(value)})")
     return "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")

@@ -48,9 +48,9 @@ def _value(text: str):
 def _errors(model, arrays) -> tuple[float, float, float]:
     """(energy RMSE meV/atom, energy MAE meV/atom, force RMSE eV/Å)."""
     from ubmd import keys
-    from ubmd.models.base import compute
     from ubmd.models.data import select
     from ubmd.models.graph import Graph
+    from ubmd.models.potential import compute
 
     n = len(arrays[keys.N_ATOMS])
     de, df = [], []
@@ -92,6 +92,12 @@ def main() -> None:
         help="train once on every label (the final model) instead of replaying iterations",
     )
     parser.add_argument("--every", type=int, default=1, help="evaluate every k-th iteration")
+    parser.add_argument(
+        "--max-energy-above-min",
+        type=float,
+        help="leave out labels this far (eV/atom) above the lowest of their composition, as a "
+        "campaign's model.max_energy_above_min_eV_atom does",
+    )
     args = parser.parse_args()
     variants = [_parse_variant(v) for v in (args.variant or ["scratch", "warm"])]
     base = _parse_variant("scratch:" + args.base)[2]
@@ -100,6 +106,13 @@ def main() -> None:
     with StructureStore.open(args.store, mode="r") as store:
         rows = store.select(status=keys.STATUS_OK)
         arrays = store.read_arrays(indices=rows)
+    if args.max_energy_above_min is not None:
+        from ubmd.campaign.learning import energy_above_minimum
+        from ubmd.models.data import select as select_rows
+
+        keep = np.flatnonzero(energy_above_minimum(arrays) <= args.max_energy_above_min)
+        print(f"leaving out {len(arrays[keys.N_ATOMS]) - len(keep)} labels far above the minimum")
+        arrays = select_rows(arrays, keep)
     its = arrays[keys.ITERATION]
     tests = {p.rsplit("/", 1)[-1]: labelled_arrays(p) for p in args.test}
     iterations = sorted(set(int(i) for i in its) | {int(its.max()) + 1})[1:]

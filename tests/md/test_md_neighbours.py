@@ -86,7 +86,7 @@ def test_verlet_lists_per_replica_and_new_systems():
     g = lists.graph(other)
     assert lists.n_searches == 5
     assert _edge_set(g.edge_index, g.cell_shifts) == _fresh_set(other, 4.0)
-    with pytest.raises(ValueError, match=r"\[79\] unknown to this model"):
+    with pytest.raises(ValueError, match=r"Au \(79\) unknown to this model"):
         VerletLists(4.0, species={29}).graph(make_state([bulk("Au")], temperature_K=300))
     with pytest.raises(ValueError, match="skin_A"):
         VerletLists(4.0, skin_A=-1)

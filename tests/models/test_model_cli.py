@@ -52,7 +52,7 @@ def test_cli_errors_are_one_line(tmp_path):
          "--config", str(tmp_path / "bad.yaml")],
     )  # fmt: skip
     assert result.exit_code == 2
-    assert "unknown training option" in text(result) and "learning_rate" in text(result)
+    assert "unknown key 'learning_rate' in training config" in text(result)
     result = runner.invoke(
         app, ["evaluate", str(tmp_path / "d.extxyz"), str(tmp_path / "d.extxyz")]
     )

@@ -102,7 +102,7 @@ def test_unknown_element_at_prediction_is_a_clear_error():
     from ase.build import bulk
 
     gold = bulk("Au", "fcc", a=4.08, cubic=True)
-    with pytest.raises(ValueError, match=r"atomic number \[79\] unknown.*\[13, 29\]"):
+    with pytest.raises(ValueError, match=r"Au \(79\) unknown.*Al \(13\), Cu \(29\)"):
         compute(model, model.graph(gold))
 
 

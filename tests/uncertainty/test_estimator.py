@@ -93,7 +93,7 @@ def test_bad_input_is_rejected_clearly(train_frames):
         fit_uncertainty(model, [], UncertaintyConfig())
     with pytest.raises(ValueError, match="not a ubmd uncertainty estimator"):
         UncertaintyEstimator.from_dict({"format": "something else"})
-    with pytest.raises(ValueError, match="unknown uncertainty settings"):
+    with pytest.raises(ValueError, match="unknown key 'tau' in uncertainty settings"):
         UncertaintyConfig.from_dict({"method": "gmm", "tau": 1.0})
     est = fit_uncertainty(
         model, train_frames, UncertaintyConfig(features="sketched_gradient", sketch_dim=8)

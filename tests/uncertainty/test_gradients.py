@@ -12,7 +12,8 @@ from unc_toy import ToyPotential, jiggle
 
 from ubmd import keys
 from ubmd.models.graph import Graph
-from ubmd.uncertainty.estimator import UncertaintyConfig, fit_uncertainty
+from ubmd.uncertainty.estimator import UncertaintyConfig
+from ubmd.uncertainty.fitting import fit_uncertainty
 from ubmd.uncertainty.inference import UNCERTAINTY_GRADIENT, UNCERTAINTY_STRESS, evaluate, predict
 
 CASES = {

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ubmd.strict import ConfigError, check_keys, format_validation_error, load_yaml
+from ubmd.strict import ConfigError, build, load_yaml
 
 
 class _Strict(BaseModel):
@@ -174,47 +174,12 @@ class CampaignConfig(_Strict):
         return self.model_dump(mode="json", exclude={"base_dir"})
 
 
-# The model each nested section is checked with, for "did you mean" hints on nested keys.
-_SECTIONS: dict[str, type[BaseModel]] = {
-    "initial_data": InitialData,
-    "model": ModelSpec,
-    "uncertainty": UncertaintySpec,
-    "exploration": ExplorationSpec,
-    "selection": SelectionSpec,
-    "labeler": LabelerSpec,
-    "stopping": StoppingSpec,
-    "evaluation": EvaluationSpec,
-}
-
-
 def parse_campaign(
     data: Any, *, base_dir: str | os.PathLike[str] = ".", where: str = "campaign"
 ) -> CampaignConfig:
-    """Validate a campaign mapping (as read from YAML)."""
-    from pydantic import ValidationError
-
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
-    check_keys(data, [k for k in CampaignConfig.model_fields if k != "base_dir"], where)
-    for key, model in _SECTIONS.items():
-        section = data.get(key)
-        if isinstance(section, dict):
-            check_keys(section, model.model_fields, f"{where}: section '{key}'")
-    if isinstance(data.get("uncertainty"), dict) and isinstance(
-        data["uncertainty"].get("calibration"), dict
-    ):
-        check_keys(
-            data["uncertainty"]["calibration"],
-            CalibrationSpec.model_fields,
-            f"{where}: uncertainty.calibration",
-        )
-    for i, system in enumerate(data.get("systems") or []):
-        if isinstance(system, dict):
-            check_keys(system, SystemSpec.model_fields, f"{where}: systems[{i}]")
-    try:
-        return CampaignConfig.model_validate({**data, "base_dir": str(Path(base_dir).resolve())})
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, where)) from None
+    """Validate a campaign mapping (as read from YAML): every section strictly (unknown keys
+    name the nearest valid one, wrong values are named), relative paths against ``base_dir``."""
+    return build(CampaignConfig, data, where, fixed={"base_dir": str(Path(base_dir).resolve())})
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], *, where: str) -> None:

@@ -106,6 +106,7 @@ def select_task(
     """Pool every explorer's candidates and pick the batch (conditioned on the training set)."""
     import torch
 
+    from ubmd.campaign.validate import selection_settings
     from ubmd.md.writer import candidates_to_atoms, read_candidates
     from ubmd.select import select_batch
 
@@ -137,7 +138,7 @@ def select_task(
         train_features=torch.as_tensor(train_feats),
         uncertainties=torch.as_tensor(u),
         seed=task_seed(config, "select", iteration),
-        **config.selection.settings,
+        **selection_settings(config),
     )
     picked = []
     for i in np.asarray(result.indices).tolist():

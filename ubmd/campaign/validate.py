@@ -15,7 +15,7 @@ import yaml
 
 from ubmd.campaign.config import CampaignConfig
 from ubmd.campaign.layout import CampaignLayout, atomic_path
-from ubmd.strict import ConfigError, build, check_keys
+from ubmd.strict import ConfigError, build
 
 # A campaign's training defaults differ from a one-off `ubmd train`: its data are small and
 # grow from odd structures, and it already holds out a calibration split. Early stopping on a
@@ -153,7 +153,7 @@ def validate_campaign(config: CampaignConfig) -> dict[str, Any]:
         raise ConfigError(
             f"selection.method: unknown method {config.selection.method!r} (known: {', '.join(METHODS)})"
         )
-    check_selection_settings(config)
+    selection_settings(config)
     if config.uncertainty.settings.get("method") == "ensemble" and config.model.ensemble_size < 2:
         raise ConfigError("uncertainty.settings.method 'ensemble' needs model.ensemble_size >= 2")
     labeler = make_campaign_labeler(config)
@@ -170,28 +170,14 @@ def validate_campaign(config: CampaignConfig) -> dict[str, Any]:
     return built
 
 
-SELECTION_SETTINGS = {"kernel": "linear", "sigma": 1e-2, "condition_on_train": True}
+def selection_settings(config: CampaignConfig) -> dict[str, Any]:
+    """``selection.settings``, checked: the keyword arguments a campaign gives ``select_batch``."""
+    import dataclasses
 
+    from ubmd.select.batch import SelectionSettings
 
-def check_selection_settings(config: CampaignConfig) -> None:
-    """``selection.settings`` are keyword arguments of ``select_batch``: check them here."""
-    from ubmd.select.batch import DEFAULT_DUPLICATE_TOL, check_options
-
-    defaults = {**SELECTION_SETTINGS, "duplicate_tol": DEFAULT_DUPLICATE_TOL}
-    settings = config.selection.settings
-    check_keys(settings, defaults, "selection.settings")
-    values = {**defaults, **settings}
-    if not isinstance(values["condition_on_train"], bool):
-        raise ConfigError(
-            f"selection.settings.condition_on_train must be true or false, got "
-            f"{values['condition_on_train']!r}"
-        )
-    try:
-        check_options(
-            config.selection.method, values["kernel"], values["sigma"], values["duplicate_tol"]
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"selection.settings: {exc}") from None
+    built = build(SelectionSettings, config.selection.settings, where="selection.settings")
+    return dataclasses.asdict(built)
 
 
 def check_directory(config: CampaignConfig) -> None:

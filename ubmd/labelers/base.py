@@ -236,22 +236,9 @@ class Labeler(ABC):
             raise ProgramCrashed(f"cannot start {argv[0]!r}: {exc}", workdir=workdir) from exc
         if outcome.timed_out:
             raise TimeLimitExceeded(
-                f"killed after the time limit of {self.settings.timeout_s:g} s",
-                stdout=outcome.stdout_tail(),
-                stderr=outcome.stderr_tail(),
-                returncode=outcome.returncode,
-                workdir=workdir,
-            )
+                f"killed after the time limit of {self.settings.timeout_s:g} s"
+            ).with_run(outcome, workdir)
         return outcome
-
-    def crashed(self, outcome: ProcessOutcome, workdir: Path, why: str) -> ProgramCrashed:
-        return ProgramCrashed(
-            why,
-            stdout=outcome.stdout_tail(),
-            stderr=outcome.stderr_tail(),
-            returncode=outcome.returncode,
-            workdir=workdir,
-        )
 
 
 def max_force(forces: np.ndarray) -> float:

@@ -35,6 +35,7 @@ from ubmd.labelers.errors import (
     LabelerSetupError,
     MissingForces,
     OutputUnreadable,
+    ProgramCrashed,
     SCFNotConverged,
 )
 
@@ -256,28 +257,10 @@ class CP2KLabeler(Labeler):
         outcome = raw
         path = workdir / OUTPUT_NAME
         out = read_cp2k_output(path)
-        logs = {
-            "stdout": outcome.stdout_tail(),
-            "stderr": outcome.stderr_tail(),
-            "returncode": outcome.returncode,
-            "workdir": workdir,
-        }
-        if outcome.returncode != 0:
-            why = f"cp2k exited with status {outcome.returncode}"
-            if out.abort_message:
-                why += f" ({out.abort_message})"
-            raise self.crashed(outcome, workdir, why)
-        if not out.ended_normally:
-            raise OutputUnreadable(f"{path.name} is truncated (no 'PROGRAM ENDED AT')", **logs)
-        if not out.scf_converged:
-            raise SCFNotConverged("CP2K reports 'SCF run NOT converged'", **logs)
-        if out.energy_Ha is None:
-            raise OutputUnreadable(f"no total energy in {path.name}", **logs)
-        if out.forces_Ha_bohr is None:
-            raise MissingForces(f"no ATOMIC FORCES block in {path.name}", **logs)
+        error = self._failure(out, atoms, path.name, outcome.returncode)
+        if error is not None:
+            raise error.with_run(outcome, workdir)
         stress = out.stress_ase if atoms.get_pbc().all() else None
-        if stress is None and atoms.get_pbc().all() and self.settings.require_stress:
-            raise OutputUnreadable(f"periodic cell but no stress tensor in {path.name}", **logs)
         energy = out.energy_eV
         return {
             "energy": energy,
@@ -285,6 +268,28 @@ class CP2KLabeler(Labeler):
             "forces": out.forces_eV_A,
             "stress": stress,
         }
+
+    def _failure(
+        self, out: Any, atoms: Atoms, name: str, returncode: int | None
+    ) -> CalculationFailed | None:
+        """Why the run in output file ``name`` gave no usable label (None if it did)."""
+        if returncode != 0:
+            why = f"cp2k exited with status {returncode}"
+            if out.abort_message:
+                why += f" ({out.abort_message})"
+            return ProgramCrashed(why)
+        if not out.ended_normally:
+            return OutputUnreadable(f"{name} is truncated (no 'PROGRAM ENDED AT')")
+        if not out.scf_converged:
+            return SCFNotConverged("CP2K reports 'SCF run NOT converged'")
+        if out.energy_Ha is None:
+            return OutputUnreadable(f"no total energy in {name}")
+        if out.forces_Ha_bohr is None:
+            return MissingForces(f"no ATOMIC FORCES block in {name}")
+        periodic = atoms.get_pbc().all()
+        if periodic and out.stress_ase is None and self.settings.require_stress:
+            return OutputUnreadable(f"periodic cell but no stress tensor in {name}")
+        return None
 
     # --- retries -----------------------------------------------------------------------
     def retry_variant(self, attempt: int, error: CalculationFailed) -> Labeler | None:

@@ -10,6 +10,17 @@ usable label; each carries the tails of stdout/stderr, the return code and the w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol, Self
+
+
+class RunRecord(Protocol):
+    """What a finished run tells about itself (``process.ProcessOutcome`` is one)."""
+
+    returncode: int | None
+
+    def stdout_tail(self) -> str: ...
+
+    def stderr_tail(self) -> str: ...
 
 
 class LabelerError(Exception):
@@ -40,6 +51,17 @@ class CalculationFailed(LabelerError):
         self.stderr = stderr
         self.returncode = returncode
         self.workdir = Path(workdir) if workdir is not None else None
+
+    def with_run(self, run: RunRecord, workdir: Path | str) -> Self:
+        """Attach ``run``'s stdout/stderr tails and return code, and the work directory.
+
+        Returns the error itself, for ``raise SCFNotConverged(msg).with_run(outcome, workdir)``.
+        """
+        self.stdout = run.stdout_tail()
+        self.stderr = run.stderr_tail()
+        self.returncode = run.returncode
+        self.workdir = Path(workdir)
+        return self
 
     def describe(self) -> str:
         """One line: ``reason: message`` (what a failed record stores)."""

@@ -19,7 +19,12 @@ from ase import Atoms
 from pydantic import Field
 
 from ubmd.labelers.base import Labeler, LabelerSettings
-from ubmd.labelers.errors import CalculationFailed, LabelerSetupError, SCFNotConverged
+from ubmd.labelers.errors import (
+    CalculationFailed,
+    LabelerSetupError,
+    ProgramCrashed,
+    SCFNotConverged,
+)
 from ubmd.labelers.vasp_io import (
     kpoint_mesh,
     potcar_paths,
@@ -127,21 +132,17 @@ class VaspLabeler(Labeler):
     def read_results(self, atoms: Atoms, workdir: Path, raw: Any) -> dict[str, Any]:
         outcome = raw
         if outcome.returncode != 0:
-            raise self.crashed(outcome, workdir, f"vasp exited with status {outcome.returncode}")
+            why = f"vasp exited with status {outcome.returncode}"
+            raise ProgramCrashed(why).with_run(outcome, workdir)
         try:
             out = read_vasp_output(workdir)
         except CalculationFailed as exc:
-            exc.stdout, exc.stderr = outcome.stdout_tail(), outcome.stderr_tail()
-            exc.returncode = outcome.returncode
+            exc.with_run(outcome, workdir)
             raise
         if not out.scf_converged:
             raise SCFNotConverged(
-                f"electronic SCF not converged: {out.n_scf} steps = NELM ({out.nelm})",
-                stdout=outcome.stdout_tail(),
-                stderr=outcome.stderr_tail(),
-                returncode=outcome.returncode,
-                workdir=workdir,
-            )
+                f"electronic SCF not converged: {out.n_scf} steps = NELM ({out.nelm})"
+            ).with_run(outcome, workdir)
         _, perm = species_order(atoms)
         forces = np.empty_like(out.forces)
         forces[perm] = out.forces  # file row k is atom perm[k]

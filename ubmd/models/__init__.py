@@ -10,11 +10,11 @@ from ubmd._lazy import lazy_getattr
 
 _EXPORTS = {
     "Graph": "ubmd.models.graph",
-    "Potential": "ubmd.models.base",
-    "compute": "ubmd.models.base",
-    "save_model": "ubmd.models.base",
-    "load_model": "ubmd.models.base",
-    "load_extra": "ubmd.models.base",
+    "Potential": "ubmd.models.potential",
+    "compute": "ubmd.models.potential",
+    "save_model": "ubmd.models.files",
+    "load_model": "ubmd.models.files",
+    "load_extra": "ubmd.models.files",
     "PaiNN": "ubmd.models.builtin",
     "build_model": "ubmd.models.factory",
     "Ensemble": "ubmd.models.ensemble",

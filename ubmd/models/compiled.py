@@ -39,8 +39,8 @@ def compile_for_inference(model: nn.Module, estimator=None) -> nn.Module:
     ``estimator``: the uncertainty estimator the copy will serve; gradient features hook
     into the readout, which compiled code cannot, so they are refused here.
     """
-    from ubmd.models.base import Potential
     from ubmd.models.ensemble import Ensemble
+    from ubmd.models.potential import Potential
 
     if estimator is not None and estimator.needs_capture:
         raise ValueError(
@@ -103,6 +103,6 @@ def check_elements(numbers, species) -> None:
     """Raise ValueError naming the elements of ``numbers`` not in ``species``."""
     unknown = sorted({int(z) for z in np.unique(np.asarray(numbers))} - {int(z) for z in species})
     if unknown:
-        from ubmd.models.base import unknown_elements_message
+        from ubmd.models.potential import unknown_elements_message
 
         raise ValueError(unknown_elements_message(unknown, species))

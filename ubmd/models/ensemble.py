@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ubmd import keys
-from ubmd.models.base import Potential
 from ubmd.models.graph import Graph
+from ubmd.models.potential import Potential
 
 
 class Ensemble(nn.Module):

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from ubmd.models.base import Potential
 from ubmd.models.graph import as_dtype
+from ubmd.models.potential import Potential
 
 MODEL_KINDS = ("painn", "mace")
 

@@ -9,7 +9,7 @@ import torch
 
 from ubmd import keys
 from ubmd.models import data as mdata
-from ubmd.models.base import compute
+from ubmd.models.potential import compute
 
 
 def predict_arrays(

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from ubmd.models import data as mdata
-from ubmd.models.base import Potential, compute, model_from_payload
 from ubmd.models.factory import MODEL_KINDS, build_model
+from ubmd.models.files import model_from_payload
 from ubmd.models.graph import as_dtype
+from ubmd.models.potential import Potential, compute
 from ubmd.models.training_run import TrainingRun
 
 _SCHEDULES = ("plateau", "cosine", "none")
@@ -110,12 +111,11 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(names)}")
-        return cls(**values)
+    def from_dict(cls, values: Mapping[str, Any], where: str = "training config") -> TrainConfig:
+        """Built strictly: unknown keys name the nearest valid one, wrong values are named."""
+        from ubmd.strict import build
+
+        return build(cls, values, where)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ubmd.models import data as mdata
-from ubmd.models.base import Potential, compute, model_payload
+from ubmd.models.files import model_payload
+from ubmd.models.potential import Potential, compute
 
 if TYPE_CHECKING:
     from ubmd.models.train import TrainConfig

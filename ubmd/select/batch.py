@@ -8,17 +8,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import StrictBool
 
 from ubmd.select import methods as m
 from ubmd.select.features import (
     DuplicateGuard,
     apply_posterior_,
-    as_matrix,
     as_vector,
-    check_pair,
-    feature_scale,
     posterior_factor,
-    resolve_device,
+    prepare_features,
     scaled,
     sqnorms,
 )
@@ -48,6 +46,20 @@ class SelectionResult:
         return int(self.indices.shape[0])
 
 
+@dataclass(frozen=True)
+class SelectionSettings:
+    """The options of :func:`select_batch` a campaign's ``selection.settings`` may set (built
+    with ``ubmd.strict.build``; ``condition_on_train`` must be a real true/false)."""
+
+    kernel: str = "linear"
+    sigma: float = 1e-2
+    condition_on_train: StrictBool = True
+    duplicate_tol: float = DEFAULT_DUPLICATE_TOL
+
+    def __post_init__(self) -> None:
+        check_options(METHODS[0], self.kernel, self.sigma, self.duplicate_tol)
+
+
 def check_options(method: str, kernel: str, sigma: float, duplicate_tol: float) -> None:
     if method not in METHODS:
         raise ValueError(
@@ -59,19 +71,6 @@ def check_options(method: str, kernel: str, sigma: float, duplicate_tol: float) 
         raise ValueError(f"sigma must be a positive number; got {sigma!r}")
     if not duplicate_tol >= 0.0:
         raise ValueError(f"duplicate_tol must be >= 0; got {duplicate_tol!r}")
-
-
-def check_batch_size(batch_size: int, n: int) -> None:
-    """Raise ValueError unless 1 <= batch_size <= n (the pool size), naming both."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-        raise ValueError(f"batch_size must be an integer; got {batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    if batch_size > n:
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the candidate pool ({n} candidates); "
-            f"ask for at most {n}"
-        )
 
 
 def select_batch(
@@ -110,25 +109,17 @@ def select_batch(
         dtype: compute precision (float64 by default: posterior variances span ~1/σ²).
     """
     check_options(method, kernel, sigma, duplicate_tol)
-    dev = resolve_device(device, candidate_features, train_features)
-    raw = as_matrix(candidate_features, "candidate_features", device=dev)
+    feats = prepare_features(
+        candidate_features, train_features, device=device, batch_size=batch_size
+    )
+    dev, raw, train, s = feats.device, feats.pool, feats.train, feats.scale
     n = raw.shape[0]
-    if n == 0:
-        raise ValueError("the candidate pool is empty")
-    check_batch_size(batch_size, n)
-    train = None
-    if train_features is not None:
-        train = as_matrix(train_features, "train_features", device=dev)
-        check_pair(raw, train)
-        if train.shape[0] == 0:
-            train = None
     unc = None
     if uncertainties is not None:
         unc = as_vector(uncertainties, "uncertainties", n, device=dev)
     if kernel == "posterior" and train is None:
         raise ValueError("kernel='posterior' needs train_features (the GP posterior is given them)")
 
-    s = feature_scale(raw, train)
     pool = m.Pool(
         f=None,
         n=n,
@@ -145,19 +136,7 @@ def select_batch(
             condition=condition_on_train, dtype=dtype,
         )  # fmt: skip
 
-    if method == "random":
-        picks, vals = m.select_random(pool, b)
-    elif method == "max_unc":
-        picks, vals = m.select_max_unc(pool, b, unc if unc is not None else sqnorms(pool.f))
-    elif method == "max_det":
-        picks, vals = m.select_max_det(pool, b, sigma)
-    elif method == "max_dist":
-        picks, vals = m.select_max_dist(pool, b)
-    elif method == "lcmd":
-        picks, vals = m.select_lcmd(pool, b)
-    else:
-        picks, vals = m.select_kmeans_pp(pool, b)
-
+    picks, vals = _pick(pool, method, b, unc, sigma)
     if len(picks) < b:
         warnings.warn(
             f"only {len(picks)} distinct candidates left after excluding near-duplicates "
@@ -172,6 +151,23 @@ def select_batch(
         kernel=kernel,
         n_duplicates_excluded=n_dup,
     )
+
+
+def _pick(
+    pool: m.Pool, method: str, b: int, unc: torch.Tensor | None, sigma: float
+) -> tuple[list[int], list[float]]:
+    """Run ``method`` on ``pool``: the picks and the method's criterion at each."""
+    if method == "random":
+        return m.select_random(pool, b)
+    if method == "max_unc":
+        return m.select_max_unc(pool, b, unc if unc is not None else sqnorms(pool.f))
+    if method == "max_det":
+        return m.select_max_det(pool, b, sigma)
+    if method == "max_dist":
+        return m.select_max_dist(pool, b)
+    if method == "lcmd":
+        return m.select_lcmd(pool, b)
+    return m.select_kmeans_pp(pool, b)
 
 
 def _kernel_features(

@@ -22,15 +22,13 @@ import numpy as np
 import torch
 
 from ubmd.select import methods as m
-from ubmd.select.batch import DEFAULT_DUPLICATE_TOL, check_batch_size
+from ubmd.select.batch import DEFAULT_DUPLICATE_TOL
 from ubmd.select.features import (
     CHUNK_ROWS,
     DuplicateGuard,
+    PoolFeatures,
     apply_posterior_,
-    as_matrix,
-    check_pair,
-    feature_scale,
-    resolve_device,
+    prepare_features,
     scaled,
 )
 
@@ -62,31 +60,28 @@ class DesignResult:
     scale: float  # feature scale s
 
 
-def _prepare(candidate_features: Any, train_features: Any, device: Any, lam: float):
+def training_design(
+    candidate_features: Any,
+    train_features: Any,
+    batch_size: int | None,
+    lam: float,
+    device: Any,
+    dtype: torch.dtype,
+) -> tuple[PoolFeatures, torch.Tensor]:
+    """The checked features and M = Φ_TᵀΦ_T + λI of the (scaled) training design."""
     if not (lam > 0.0 and np.isfinite(lam)):
         raise ValueError(f"lam must be a positive number; got {lam!r}")
-    dev = resolve_device(device, candidate_features, train_features)
-    raw = as_matrix(candidate_features, "candidate_features", device=dev)
-    if raw.shape[0] == 0:
-        raise ValueError("the candidate pool is empty")
-    train = None
-    if train_features is not None:
-        train = as_matrix(train_features, "train_features", device=dev)
-        check_pair(raw, train)
-        if train.shape[0] == 0:
-            train = None
-    return dev, raw, train, feature_scale(raw, train)
-
-
-def _info_matrix(train: torch.Tensor | None, s: float, k: int, lam: float, dtype, dev):
-    """Φ_TᵀΦ_T + λI of the (scaled) training design."""
-    mat = torch.zeros((k, k), dtype=dtype, device=dev)
+    feats = prepare_features(
+        candidate_features, train_features, device=device, batch_size=batch_size
+    )
+    k, train, s = feats.pool.shape[1], feats.train, feats.scale
+    mat = torch.zeros((k, k), dtype=dtype, device=feats.device)
     if train is not None:
         for i in range(0, train.shape[0], CHUNK_ROWS):
             blk = train[i : i + CHUNK_ROWS].to(dtype) * s
             mat += blk.T @ blk
     mat.diagonal().add_(lam)
-    return mat
+    return feats, mat
 
 
 def _logdet(mat: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -121,11 +116,9 @@ def d_optimal(
     A swap is accepted only if it multiplies det M by more than 1 + ``rtol``; near-duplicates
     of chosen candidates (``duplicate_tol``, as in ``select_batch``) are never brought in.
     """
-    dev, raw, train, s = _prepare(candidate_features, train_features, device, lam)
-    n, k = raw.shape
-    check_batch_size(batch_size, n)
-    b = int(batch_size)
-    mat = _info_matrix(train, s, k, lam, dtype, dev)
+    feats, mat = training_design(candidate_features, train_features, batch_size, lam, device, dtype)
+    dev, raw, s = feats.device, feats.pool, feats.scale
+    n, b = raw.shape[0], int(batch_size)
     start, chol = _logdet(mat)
 
     # Greedy phase = max_det on features whitened by the training design (noise λ).
@@ -234,11 +227,9 @@ def a_optimal(
     dtype: torch.dtype = torch.float64,
 ) -> DesignResult:
     """A-optimal batch, greedy: each pick maximises the drop of trace M⁻¹."""
-    dev, raw, train, s = _prepare(candidate_features, train_features, device, lam)
-    n, k = raw.shape
-    check_batch_size(batch_size, n)
-    b = int(batch_size)
-    mat = _info_matrix(train, s, k, lam, dtype, dev)
+    feats, mat = training_design(candidate_features, train_features, batch_size, lam, device, dtype)
+    dev, raw, s = feats.device, feats.pool, feats.scale
+    n, b = raw.shape[0], int(batch_size)
     minv = torch.cholesky_inverse(torch.linalg.cholesky(mat))
     start = float(minv.trace())
     f = scaled(raw, s, dtype)

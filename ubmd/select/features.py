@@ -12,6 +12,7 @@ Every kernel used here is linear in some feature map, k(x, x') = f(x)·f(x'), so
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,53 @@ def scaled(x: torch.Tensor, s: float, dtype: torch.dtype) -> torch.Tensor:
     for i in range(0, x.shape[0], CHUNK_ROWS):
         out[i : i + CHUNK_ROWS] = x[i : i + CHUNK_ROWS].to(dtype) * s
     return out
+
+
+def check_batch_size(batch_size: int, n: int) -> None:
+    """Raise ValueError unless 1 <= batch_size <= n (the pool size), naming both."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise ValueError(f"batch_size must be an integer; got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if batch_size > n:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the candidate pool ({n} candidates); "
+            f"ask for at most {n}"
+        )
+
+
+@dataclass(frozen=True)
+class PoolFeatures:
+    """Candidate and training features, checked, on one device, with the kernel's scale."""
+
+    device: torch.device
+    pool: torch.Tensor  # (N, K) candidate features as given (floating, finite)
+    train: torch.Tensor | None  # (T, K) training features; None when absent or empty
+    scale: float  # s of feature_scale: unit mean squared norm over the training set
+
+
+def prepare_features(
+    candidate_features: Any,
+    train_features: Any = None,
+    *,
+    device: Any = None,
+    batch_size: int | None = None,
+) -> PoolFeatures:
+    """Check candidate and training features and put them on one device; ValueError naming what
+    is wrong. ``batch_size``, when given, must be 1..N (the pool size)."""
+    dev = resolve_device(device, candidate_features, train_features)
+    pool = as_matrix(candidate_features, "candidate_features", device=dev)
+    if pool.shape[0] == 0:
+        raise ValueError("the candidate pool is empty")
+    if batch_size is not None:
+        check_batch_size(batch_size, pool.shape[0])
+    train = None
+    if train_features is not None:
+        train = as_matrix(train_features, "train_features", device=dev)
+        check_pair(pool, train)
+        if train.shape[0] == 0:
+            train = None
+    return PoolFeatures(dev, pool, train, feature_scale(pool, train))
 
 
 def posterior_factor(cond: torch.Tensor, sigma: float) -> torch.Tensor:

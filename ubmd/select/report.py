@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ubmd.select.batch import check_batch_size
-from ubmd.select.design import DEFAULT_LAM, _info_matrix, _prepare, d_optimal
+from ubmd.select.design import DEFAULT_LAM, d_optimal, training_design
 from ubmd.select.features import CHUNK_ROWS
 
 DEFAULT_GAIN_THRESHOLD = 1e-3
@@ -93,12 +92,10 @@ def design_report(
     """
     if not gain_threshold >= 0.0:
         raise ValueError(f"gain_threshold must be >= 0; got {gain_threshold!r}")
-    dev, raw, train, s = _prepare(candidate_features, train_features, device, lam)
+    feats, mat = training_design(candidate_features, train_features, batch_size, lam, device, dtype)
+    dev, raw, train, s = feats.device, feats.pool, feats.train, feats.scale
     n, k = raw.shape
-    if batch_size is not None:
-        check_batch_size(batch_size, n)
     n_train = 0 if train is None else int(train.shape[0])
-    mat = _info_matrix(train, s, k, lam, dtype, dev)
     eig = torch.linalg.eigvalsh(mat).flip(0) - lam  # eigenvalues of Φ_TᵀΦ_T
     eig = eig.clamp(min=0.0).cpu().numpy()
     chol = torch.linalg.cholesky(mat)

@@ -18,7 +18,7 @@ from ubmd._lazy import lazy_getattr
 _EXPORTS = {
     "UncertaintyConfig": "ubmd.uncertainty.estimator",
     "UncertaintyEstimator": "ubmd.uncertainty.estimator",
-    "fit_uncertainty": "ubmd.uncertainty.estimator",
+    "fit_uncertainty": "ubmd.uncertainty.fitting",
     "Calibration": "ubmd.uncertainty.calibration",
     "calibrate": "ubmd.uncertainty.calibration",
     "conformal_quantile": "ubmd.uncertainty.calibration",

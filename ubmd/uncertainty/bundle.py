@@ -52,7 +52,7 @@ def load_bundle(
     path: str | os.PathLike, device: str | torch.device | None = None
 ) -> tuple[nn.Module, UncertaintyEstimator | None, Calibration | None]:
     """(model, estimator or None, calibration or None) from a file written by save_bundle."""
-    from ubmd.models.base import model_from_payload, read_model_file
+    from ubmd.models.files import model_from_payload, read_model_file
 
     payload = read_model_file(path)
     model = model_from_payload(payload, device=device, source=os.fspath(path))
@@ -80,9 +80,9 @@ def uncertainties_and_residuals(
     """
     from ubmd.models.data import labelled_arrays, select
     from ubmd.models.graph import Graph
-    from ubmd.uncertainty.inference import _as_models
+    from ubmd.uncertainty.inference import as_models
 
-    first = _as_models(model)[0]  # cutoff/dtype/device of the (first) member
+    first = as_models(model)[0]  # cutoff/dtype/device of the (first) member
     dev = torch.device(device) if device is not None else next(first.parameters()).device
     cols: dict[str, list[Tensor]] = {"u_total": [], "u_atom": [], "r_total": [], "r_atom": []}
     arrays = labelled_arrays(data)

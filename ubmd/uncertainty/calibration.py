@@ -31,11 +31,11 @@ class Calibration:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> Calibration:
-        unknown = set(data) - {"alpha", "c_total", "c_atom", "n_cal", "n_cal_atoms"}
-        if unknown:
-            raise ValueError(f"unknown calibration fields {sorted(unknown)}")
-        return cls(**data)
+    def from_dict(cls, data: dict, where: str = "calibration") -> Calibration:
+        """Built strictly: unknown keys name the nearest valid one, wrong values are named."""
+        from ubmd.strict import build
+
+        return build(cls, data, where)
 
     def apply(self, results: dict[str, Tensor]) -> dict[str, Tensor]:
         """Add the calibrated uncertainty keys to a results dict (returns the same dict)."""

@@ -1,15 +1,13 @@
 """Fitted uncertainty estimators: features → total and atom-based uncertainties.
 
-``fit_uncertainty(model_or_ensemble, training_data, config)`` runs the model over the training
-set once, fits the chosen method and returns an :class:`UncertaintyEstimator` (an ``nn.Module``
-whose fitted tensors are buffers, so it follows ``.to(device)`` and round-trips through
-:meth:`UncertaintyEstimator.to_dict` / :meth:`UncertaintyEstimator.from_dict`).
+An :class:`UncertaintyEstimator` (fitted by :func:`ubmd.uncertainty.fitting.fit_uncertainty`)
+is an ``nn.Module`` whose fitted tensors are buffers, so it follows ``.to(device)`` and
+round-trips through :meth:`UncertaintyEstimator.to_dict` / :meth:`UncertaintyEstimator.from_dict`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -74,14 +72,13 @@ class UncertaintyConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> UncertaintyConfig:
-        allowed = {f.name for f in fields(cls)}
-        unknown = set(data) - allowed
-        if unknown:
-            raise ValueError(
-                f"unknown uncertainty settings {sorted(unknown)}; known: {sorted(allowed)}"
-            )
-        return cls(**data)
+    def from_dict(
+        cls, data: dict[str, Any], where: str = "uncertainty settings"
+    ) -> UncertaintyConfig:
+        """Built strictly: unknown keys name the nearest valid one, wrong values are named."""
+        from ubmd.strict import build
+
+        return build(cls, data, where)
 
 
 class UncertaintyEstimator(nn.Module):
@@ -207,90 +204,3 @@ class UncertaintyEstimator(nn.Module):
         est = cls(config, sketch=sketch, total_head=total, atom_head=atom)
         est.load_state_dict(st)  # checks that nothing is missing or left over
         return est.to(device) if device is not None else est
-
-
-def fit_uncertainty(
-    model_or_ensemble: nn.Module | Sequence[nn.Module],
-    training_data: Any,
-    config: UncertaintyConfig | None = None,
-    *,
-    device: str | torch.device | None = None,
-) -> UncertaintyEstimator:
-    """Fit an estimator on training data (a Graph, a list of Graphs, or ase.Atoms frames).
-
-    For an ensemble (a sequence of models) the features come from the first member.
-    """
-    from ubmd.uncertainty.inference import _as_models, as_graphs, run_model
-
-    config = config or UncertaintyConfig()
-    models = _as_models(model_or_ensemble)
-    if config.method == "ensemble" and len(models) < 2:
-        raise ValueError(f"method 'ensemble' needs at least 2 models, got {len(models)}")
-    model = models[0]
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    sketch = None
-    if config.features == "sketched_gradient":
-        sketch = SketchedGradient.for_model(model, sketch_dim=config.sketch_dim, seed=config.seed)
-        sketch = sketch.to(dev)
-    est = UncertaintyEstimator(config, sketch=sketch)
-    if config.method == "ensemble":
-        return est
-
-    need_features = config.method in ("posterior", "distance")
-    # Posterior: accumulate Φᵀ Φ and Σ||φ||² per batch, so memory stays O(K²) however large
-    # the training set; distance keeps the (rescaled) features themselves; GMM the latents.
-    acc = {"atom": _Moments(), "total": _Moments()}
-    atom_feats, struct_feats, latents = [], [], []
-    for graph in as_graphs(training_data, model, batch_size=config.batch_size, device=dev):
-        graph = graph.detach()
-        # Gradient features need autograd even at fit time (∂E_i/∂z_l); last-layer ones do not.
-        # Positions require grad so that this works with frozen model parameters too.
-        graph.positions.requires_grad_(est.needs_capture)
-        with torch.set_grad_enabled(est.needs_capture):
-            out = run_model(model, graph, capture=est.needs_capture)
-            if not need_features:
-                latents.append(out[keys.LATENT].detach())
-                continue
-            phi = est.atomic_features(out).detach()
-            phi_s = structure_mean(phi, graph.batch, graph.n_structures)
-        if config.method == "posterior":
-            acc["atom"].add(phi)
-            acc["total"].add(phi_s)
-        else:
-            atom_feats.append(phi)
-            struct_feats.append(phi_s)
-    if config.method == "gmm":
-        est.atom_head = GMMHead.fit(
-            torch.cat(latents),
-            n_components=config.gmm_components,
-            seed=config.seed,
-            reg_covar=config.gmm_reg_covar,
-        ).to(dev)
-    elif config.method == "posterior":
-        est.total_head = acc["total"].posterior(config.sigma)
-        est.atom_head = acc["atom"].posterior(config.sigma)
-    else:
-        est.total_head = DistanceHead.fit(torch.cat(struct_feats))
-        est.atom_head = DistanceHead.fit(torch.cat(atom_feats))
-    return est
-
-
-class _Moments:
-    """Running Φᵀ Φ, Σ||φ||² and row count (float64)."""
-
-    def __init__(self) -> None:
-        self.gram: Tensor | None = None
-        self.sum_sq = 0.0
-        self.n = 0
-
-    def add(self, phi: Tensor) -> None:
-        phi = phi.to(torch.float64)
-        g = phi.T @ phi
-        self.gram = g if self.gram is None else self.gram + g
-        self.sum_sq += float(phi.pow(2).sum())
-        self.n += phi.shape[0]
-
-    def posterior(self, sigma: float) -> PosteriorHead:
-        if self.gram is None:
-            raise ValueError("no training features (empty training set)")
-        return PosteriorHead.from_moments(self.gram, self.sum_sq, self.n, sigma=sigma)

@@ -106,7 +106,7 @@ def predict(
     ENSEMBLE_ENERGY/ENSEMBLE_FORCES hold the members. ``uncertainty_gradients`` adds
     UNCERTAINTY_GRADIENT (∂u/∂r) and, with ``stress``, UNCERTAINTY_STRESS ((1/V) ∂u/∂ε).
     """
-    models = _as_models(model_or_ensemble)
+    models = as_models(model_or_ensemble)
     if uncertainty_gradients and estimator is None:
         raise ValueError("uncertainty_gradients needs an estimator")
     dtype = getattr(models[0], "dtype", graph.dtype)
@@ -163,7 +163,7 @@ def evaluate(
     mean energy w.r.t. ``wrt`` (None for one model). Ensemble member forces are built with
     ``create_graph`` so that atom-based ensemble uncertainties stay differentiable.
     """
-    models = _as_models(model_or_ensemble)
+    models = as_models(model_or_ensemble)
     capture = estimator is not None and estimator.needs_capture
     if len(models) == 1:
         out, grads_e = run_model(models[0], graph, capture=capture), None
@@ -181,7 +181,7 @@ def evaluate(
     return res, grads_e
 
 
-def _as_models(model_or_ensemble: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
+def as_models(model_or_ensemble: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
     """Members of an ensemble (ubmd.models.Ensemble, ModuleList or list), or [model]."""
     if hasattr(model_or_ensemble, "members"):
         model_or_ensemble = model_or_ensemble.members
