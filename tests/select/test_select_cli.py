@@ -127,3 +127,55 @@ def test_batch_sizes_outside_the_pool_are_refused(files, command, batch, message
 def test_design_report_refuses_a_batch_larger_than_the_pool(files):
     with pytest.raises(ValueError, match="larger than the candidate pool"):
         design_report(files[1], batch_size=81)
+
+
+def _candidate_file(path, n_frames=6, n_atoms=3, seed=0):
+    from ubmd import keys
+    from ubmd.md.writer import CandidateWriter
+
+    rng = np.random.default_rng(seed)
+    with CandidateWriter(path) as w:
+        w.append(
+            {
+                keys.N_ATOMS: np.full(n_frames, n_atoms),
+                keys.NUMBERS: np.tile([8, 1, 1], n_frames),
+                keys.POSITIONS: rng.normal(size=(n_frames * n_atoms, 3)) * 2,
+                keys.CELL: np.zeros((n_frames, 3, 3)),
+                keys.PBC: np.zeros((n_frames, 3), bool),
+                keys.MD_STEP: np.arange(n_frames) * 20,
+                keys.REPLICA: np.arange(n_frames) % 2,
+                keys.SAMPLER: np.array(["biased_md"] * n_frames, dtype=object),
+                keys.FEATURES: rng.normal(size=(n_frames, 4)),
+            }
+        )
+
+
+def test_select_writes_the_picked_frames_with_provenance(tmp_path):
+    import ase.io
+
+    from ubmd.md.writer import candidates_to_atoms, read_candidates
+
+    _candidate_file(tmp_path / "c.h5")
+    out = tmp_path / "picked.extxyz"
+    res = runner.invoke(
+        get_app(),
+        ["select", str(tmp_path / "c.h5"), "-b", "3", "-o", str(tmp_path / "p.json"),
+         "--structures", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    picks = json.loads((tmp_path / "p.json").read_text())["indices"]
+    frames = candidates_to_atoms(read_candidates(tmp_path / "c.h5"), picks)
+    written = ase.io.read(out, index=":")
+    assert len(written) == 3
+    for w, f in zip(written, frames, strict=True):
+        np.testing.assert_array_equal(w.positions, f.positions)
+        assert w.info["md_step"] == f.info["md_step"] and w.info["sampler"] == "biased_md"
+        assert w.calc is None  # model outputs are not labels
+    # an existing output is refused before selecting; an .npz pool has no frames to write
+    res = runner.invoke(get_app(), ["select", str(tmp_path / "c.h5"), "--structures", str(out)])
+    assert res.exit_code == 2 and "exists" in res.output
+    np.savez(tmp_path / "p.npz", features=np.ones((4, 2)))
+    res = runner.invoke(
+        get_app(), ["select", str(tmp_path / "p.npz"), "--structures", str(tmp_path / "n.extxyz")]
+    )
+    assert res.exit_code == 2 and "candidate file" in res.output

@@ -38,6 +38,12 @@ def select(
     seed: int = typer.Option(0, "--seed", help="Seed for random and kmeans_pp."),
     device: str | None = typer.Option(None, "--device", help="torch device, e.g. cuda:0."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the picks as JSON here."),
+    structures: Path | None = typer.Option(
+        None,
+        "--structures",
+        help="Also write the picked frames (with where they came from) to this .extxyz file, "
+        "ready for `ubmd label`; POOL must be a candidate file of `ubmd explore`.",
+    ),
 ) -> None:
     """Pick a batch of candidates to label.
 
@@ -54,6 +60,7 @@ def select(
         from ubmd.select.io import load_features
 
         check_device_here(device)
+        frames = _candidate_frames(pool, structures) if structures is not None else None
         feats, unc = load_features(pool)
         train_feats = load_features(train)[0] if train is not None else None
         res = select_batch(
@@ -90,6 +97,37 @@ def select(
             }
             out.write_text(json.dumps(doc, indent=2) + "\n")
             Console(stderr=True).print(f"wrote {out}")
+        if frames is not None:
+            from ubmd.store.convert import write_structures
+
+            write_structures(structures, [frames[int(i)] for i in res.indices])
+            Console(stderr=True).print(f"wrote {len(res)} structures to {structures}")
+
+
+def _candidate_frames(pool: Path, structures: Path) -> list:
+    """The pool's frames as Atoms carrying their provenance (checked before selecting)."""
+    from ubmd.md.writer import KIND, candidates_to_atoms, read_candidates
+    from ubmd.store import Provenance
+
+    if structures.suffix.lower() not in (".extxyz", ".xyz"):
+        raise ValueError(f"--structures {str(structures)!r}: write an .extxyz file")
+    if structures.exists():
+        raise FileExistsError(f"--structures {str(structures)!r} exists; choose a new file name")
+    if pool.suffix.lower() not in (".h5", ".hdf5"):
+        raise ValueError(f"--structures needs a candidate file of `ubmd explore` (.h5), not {pool}")
+    try:
+        data = read_candidates(pool)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(
+            f"--structures: {pool} is not a `ubmd explore` {KIND} file: {exc}"
+        ) from None
+    frames = []
+    for atoms in candidates_to_atoms(data):
+        plain = atoms.__class__(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        # provenance fields only: per-frame model outputs are not labels
+        plain.info.update(Provenance.from_info(atoms.info).to_info(skip_defaults=True))
+        frames.append(plain)
+    return frames
 
 
 def design(

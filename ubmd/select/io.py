@@ -54,7 +54,9 @@ def load_features(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
             raise ValueError(
                 f"{path}: {keys.UNCERTAINTY!r} must have shape ({feats.shape[0]},); got {unc.shape}"
             )
-        if not np.isfinite(unc).all():
+        if np.isnan(unc).all():
+            unc = None  # explored without an uncertainty (plain MD): there is none
+        elif not np.isfinite(unc).all():
             raise ValueError(f"{path}: {keys.UNCERTAINTY!r} must be finite (found NaN or inf)")
     return feats, unc
 
