@@ -12,12 +12,12 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from pymatgen.core import Molecule, Structure
 from store_helpers import assert_same, labeled_atoms
 
+from ubmd.inputs import read_structures
 from ubmd.store import Provenance, StructureStore
 from ubmd.store.convert import (
     from_pymatgen,
     read_ase_db,
     read_extxyz,
-    read_structures,
     to_pymatgen,
     write_ase_db,
     write_extxyz,

@@ -57,8 +57,8 @@ def write_initial_selection(config: CampaignConfig, path: str | os.PathLike[str]
 
 def import_labelled(config: CampaignConfig, store: Any) -> int:
     """Append the campaign's already-labelled structures (iteration -1); duplicates skipped."""
+    from ubmd.inputs import read_structures
     from ubmd.store import Provenance
-    from ubmd.store.convert import read_structures
 
     added = 0
     for p in config.initial_data.labelled:

@@ -208,14 +208,6 @@ def from_pymatgen(obj: Any) -> Any:
 
 
 # ----------------------------------------------------------------------- files
-def read_structures(path: str | os.PathLike[str]) -> list[Any]:
-    """Structures from a file: ``.db`` (ASE database), extxyz/xyz, or anything ASE reads
-    (CIF, POSCAR, OUTCAR, ...; format guessed by ASE from the name/content)."""
-    from ubmd.inputs import read_structures as read
-
-    return read(path)
-
-
 def write_structures(path: str | os.PathLike[str], atoms_list: Sequence[Any]) -> None:
     """Write to ``.extxyz``/``.xyz`` (full precision) or ``.db`` (ASE SQLite database)."""
     name = os.fspath(path).lower()
