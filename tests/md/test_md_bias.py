@@ -8,7 +8,8 @@ from ase.build import bulk
 from md_helpers import EMTVolumeModel, LJModel
 
 from ubmd import keys
-from ubmd.md.bias import BiasConfig, evaluate
+from ubmd.md.bias import BiasConfig
+from ubmd.md.evaluation import evaluate
 from ubmd.md.integrators import BarostatConfig, initialize, npt_step
 from ubmd.md.state import make_state
 

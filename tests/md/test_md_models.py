@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from ubmd import keys
 from ubmd.md.adapter import UBMDModel
-from ubmd.md.bias import BiasConfig, evaluate
+from ubmd.md.bias import BiasConfig
+from ubmd.md.evaluation import evaluate
 from ubmd.md.explore import ExploreConfig, run_explorer
 from ubmd.md.state import make_state
 from ubmd.md.stop import StopRules

@@ -130,7 +130,8 @@ def _full_window(frames):
 def test_compiled_model_gives_eager_results():
     """torch.compile'd copy (float32, as trained models are): the same forces and
     posterior uncertainty as eager, for a batch and for one replica, with the bias on."""
-    from ubmd.md.bias import BiasConfig, evaluate
+    from ubmd.md.bias import BiasConfig
+    from ubmd.md.evaluation import evaluate
     from ubmd.models import build_model
     from ubmd.uncertainty import UncertaintyConfig, fit_uncertainty
 

@@ -8,7 +8,7 @@ from ase.cluster import Icosahedron
 from md_helpers import LJModel
 
 from ubmd import keys
-from ubmd.md.bias import evaluate
+from ubmd.md.evaluation import evaluate
 from ubmd.md.explore import ExploreConfig, run_explorer
 from ubmd.md.samplers import AdversarialConfig, HillsBias, UncertaintyCVConfig, run_adversarial
 from ubmd.md.state import make_state
@@ -31,7 +31,8 @@ def test_hills_bias_force_and_stress_are_gradients_of_v_of_xi():
         xi = model.outputs(pos, strain, state)[keys.CALIBRATED_UNCERTAINTY].detach()
         return float(hills.potential(xi, state.replica_id)[0][0])
 
-    ev = hills.evaluate(state, model, stress=True)
+    ev = evaluate(state, model, stress=True, bias=hills)
+    assert float(ev.biased_energy[0]) == float(ev.energy[0]) + v_of(state.positions, zero)
     bias_f = (ev.forces - ev.model_forces).numpy()
     h = 1e-5
     for i, a in [(0, 0), (5, 1), (17, 2)]:

@@ -81,6 +81,49 @@ def test_nan_stops_one_replica_others_go_on_and_slot_is_refilled(tmp_path):
     assert np.isfinite(data[keys.FEATURES]).all()
 
 
+def test_nan_frame_survives_an_integrator_that_writes_in_place(tmp_path, monkeypatch):
+    """The last finite frame is a copy taken before the step, so it holds even when the
+    step overwrites the old tensors (here: a wrapped step copying its results into them)."""
+    import ubmd.md.explore as explore_mod
+
+    real = explore_mod.langevin_step
+
+    def in_place(state, model, **kw):
+        old = state.positions, state.velocities
+        ev = real(state, model, **kw)
+        old[0].copy_(state.positions)
+        old[1].copy_(state.velocities)
+        state.positions, state.velocities = old
+        return ev
+
+    monkeypatch.setattr(explore_mod, "langevin_step", in_place)
+    ico = Icosahedron("Ar", 2)
+    _, data = _run(tmp_path, NaNAfter(after=5), [ico, ico], "inplace", record_every=1, n_steps=8)
+    mine = data[keys.REPLICA] == 1
+    assert data[keys.MD_STEP][mine].tolist() == [1, 2, 3, 4, 4]
+    assert data[keys.STOP_REASON][mine][-1] == "nan"
+    pos = data[keys.POSITIONS].reshape(-1, len(ico), 3)[mine]
+    np.testing.assert_array_equal(pos[-1], pos[-2])  # the frame of step 4, again
+
+
+def test_replica_pool_assigns_starts_in_turn():
+    from ubmd.md.explore import ReplicaPool
+
+    a, b = Atoms("Ar"), Atoms("Ne")
+    pool = ReplicaPool([a, b], n_slots=3)
+    assert pool.n_runs == 3
+    ids, atoms = pool.take(2)
+    assert ids == [0, 1] and atoms == [a, b]
+    pool.started(ids, ["", "too_close"])
+    assert pool.info[1] == {"start_index": 1, "stop_reason": "too_close", "steps": 0}
+    ids, atoms = pool.take(5)
+    assert ids == [2] and atoms == [a] and not pool.waiting
+    pool.started(ids, [""])
+    pool.stopped(2, "max_steps", 7)
+    assert pool.info[2] == {"start_index": 0, "stop_reason": "max_steps", "steps": 7}
+    assert ReplicaPool([a, b, a], n_slots=1).n_runs == 3  # every structure runs once
+
+
 def test_blow_up_ends_cleanly(tmp_path):
     """A far too long timestep on a compressed crystal: the replica ends with a reason,
     a readable candidate file and no exception; a sane replica in the batch goes on."""
@@ -179,7 +222,7 @@ def test_min_distance_large_replicas_use_neighbour_lists():
 
 def test_explore_config_from_a_campaign_mapping():
     """YAML-like dicts build the nested configs (schedules, stop rules, hills)."""
-    from ubmd.md.bias import UncertaintyCVConfig
+    from ubmd.md.samplers import UncertaintyCVConfig
     from ubmd.md.schedule import LinearRamp
     from ubmd.strict import ConfigError, build
 

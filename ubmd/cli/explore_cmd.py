@@ -249,9 +249,9 @@ def explore(
 
         from ubmd import keys
         from ubmd.devices import check_device_here
-        from ubmd.md.bias import UncertaintyCVConfig
         from ubmd.md.explore import ExploreConfig, run_explorer
         from ubmd.md.integrators import BarostatConfig
+        from ubmd.md.samplers import UncertaintyCVConfig
         from ubmd.md.schedule import LinearRamp
         from ubmd.md.stop import StopRules
 

@@ -6,11 +6,15 @@ Layout (functions over a batched state, torch-sim style):
   tensors, one random generator and one bias window per replica.
 * :mod:`ubmd.md.integrators` — ``nve_step`` (velocity Verlet), ``langevin_step`` (BAOAB),
   ``npt_step`` (BAOAB + stochastic cell rescaling, anisotropic or isotropic).
-* :mod:`ubmd.md.bias` — forces, stress and the adaptive uncertainty bias.
+* :mod:`ubmd.md.evaluation` — one force call: model forces and stress plus one bias
+  energy term behind the small ``Bias`` protocol.
+* :mod:`ubmd.md.bias` — the adaptive uncertainty bias (``BiasConfig``).
 * :mod:`ubmd.md.stop` — per-replica stop rules.
+* :mod:`ubmd.md.frames` — candidate columns of a batch's replicas.
 * :mod:`ubmd.md.writer` — candidate HDF5 files (``read_candidates``, ``candidates_to_atoms``).
-* :mod:`ubmd.md.explore` — ``ExploreConfig`` and ``run_explorer``.
-* :mod:`ubmd.md.samplers` — uncertainty-as-CV metadynamics and adversarial attacks.
+* :mod:`ubmd.md.explore` — ``ExploreConfig`` and ``run_explorer`` (replica pool, NaN snapshots).
+* :mod:`ubmd.md.samplers` — uncertainty-as-CV metadynamics (``UncertaintyCVConfig``,
+  ``HillsBias``) and adversarial attacks (``AdversarialConfig``, ``run_adversarial``).
 * :mod:`ubmd.md.adapter` — ``UBMDModel``: a ubmd potential + estimator + calibration
   (optionally a ``torch.compile``d copy, :mod:`ubmd.models.compiled`).
 * :mod:`ubmd.md.neighbours` — per-replica Verlet lists (a search every few tens of steps).
@@ -41,6 +45,8 @@ _EXPORTS = {
     "initialize": "ubmd.md.integrators",
     "BarostatConfig": "ubmd.md.integrators",
     "BiasConfig": "ubmd.md.bias",
+    "Bias": "ubmd.md.evaluation",
+    "evaluate": "ubmd.md.evaluation",
     "StopRules": "ubmd.md.stop",
     "ExploreConfig": "ubmd.md.explore",
     "run_explorer": "ubmd.md.explore",

@@ -17,7 +17,7 @@ import os
 import torch
 
 from ubmd import keys
-from ubmd.md.bias import ENERGY_GRADS
+from ubmd.md.evaluation import ENERGY_GRADS
 from ubmd.md.state import MDState
 
 

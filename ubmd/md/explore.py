@@ -2,8 +2,10 @@
 
 ``run_explorer`` keeps up to ``replicas`` slots busy; every start structure is run at
 least once (slots beyond the number of structures restart from them in turn), and a
-slot whose replica stops is refilled with the next start structure until none is left.
-Each replica writes a candidate frame every ``record_every`` steps and at its stop frame.
+slot whose replica stops is refilled with the next start structure until none is left
+(:class:`ReplicaPool`). Each replica writes a candidate frame every ``record_every`` steps
+and at its stop frame; a replica that went NaN writes its last finite frame instead
+(:class:`Snapshot`).
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from ase import Atoms, units
 
 from ubmd import keys
-from ubmd.md.bias import BiasConfig, Evaluation, UncertaintyCVConfig, _normalise_weights, evaluate
+from ubmd.md.bias import BiasConfig, normalise_weights
+from ubmd.md.evaluation import Bias, Evaluation, evaluate
+from ubmd.md.frames import frames_from
 from ubmd.md.integrators import (
     BarostatConfig,
     check_periodic,
@@ -28,14 +31,14 @@ from ubmd.md.integrators import (
     npt_step,
     nve_step,
 )
+from ubmd.md.samplers import HillsBias, UncertaintyCVConfig
 from ubmd.md.schedule import Constant, LinearRamp, as_schedule
-from ubmd.md.state import MDState, concat_states, make_state, select_replicas
+from ubmd.md.state import MDState, concat_states, dtype_from_name, make_state, select_replicas
 from ubmd.md.stop import StopRules, check_stops
 from ubmd.md.writer import CandidateWriter
 
 SAMPLERS = ("biased_md", "md", "uncertainty_cv")
 ENSEMBLES = ("nvt", "npt", "nve")
-_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -78,16 +81,14 @@ class ExploreConfig:
         for name in ("timestep_fs", "friction_per_fs", "n_steps", "record_every", "window"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} not one of {list(_DTYPES)}")
-        _normalise_weights(self.species_weights)  # bad keys/weights fail here, not mid-run
+        dtype_from_name(self.dtype)
+        normalise_weights(self.species_weights)  # bad keys/weights fail here, not mid-run
 
-    def bias(self):
+    def bias(self) -> Bias | None:
+        """A fresh bias of the sampler (hills start empty), or None for plain MD."""
         if self.sampler == "md":
             return None
         if self.sampler == "uncertainty_cv":
-            from ubmd.md.samplers import HillsBias
-
             return HillsBias(self.uncertainty_cv or UncertaintyCVConfig())
         return BiasConfig(
             tau_rel=self.tau_rel,
@@ -98,58 +99,97 @@ class ExploreConfig:
         )
 
 
-def voigt(stress: torch.Tensor) -> torch.Tensor:
-    """(R, 3, 3) -> (R, 6) ASE Voigt order xx, yy, zz, yz, xz, xy."""
-    return stress[:, keys.VOIGT_ROWS, keys.VOIGT_COLS]
+class ReplicaPool:
+    """Which replica runs which start structure.
+
+    Replica ids 0 .. n_runs-1 wait in a queue, n_runs = max(slots, structures): every
+    structure runs at least once and spare slots start again from them in turn; replica k
+    starts from structure k % n_structures. ``info`` is the summary's record per replica.
+    """
+
+    def __init__(self, structures: Sequence[Atoms], n_slots: int) -> None:
+        self.structures = list(structures)
+        self.n_runs = max(n_slots, len(self.structures))
+        self.info: dict[int, dict] = {}
+        self._queue = list(range(self.n_runs))
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._queue)
+
+    def take(self, n: int) -> tuple[list[int], list[Atoms]]:
+        """The next (up to) ``n`` replica ids and their start structures."""
+        ids, self._queue = self._queue[:n], self._queue[n:]
+        return ids, [self.structures[k % len(self.structures)] for k in ids]
+
+    def started(self, ids: Sequence[int], reasons: Sequence[str]) -> None:
+        """Replicas ``ids`` started; a non-empty reason stopped one at step 0."""
+        for k, reason in zip(ids, reasons, strict=True):
+            self.info[k] = {"start_index": k % len(self.structures), "stop_reason": reason,
+                            "steps": 0}  # fmt: skip
+
+    def stopped(self, replica_id: int, reason: str, steps: int) -> None:
+        self.info[replica_id].update(stop_reason=reason, steps=steps)
 
 
-def frames_from(
-    state: MDState,
-    ev: Evaluation,
-    rows: Sequence[int],
-    reasons: Sequence[str],
-    *,
-    explorer: int,
-    sampler: str,
-    stress: bool,
-) -> dict[str, np.ndarray]:
-    """Candidate columns (see :mod:`ubmd.md.writer`) for replicas ``rows`` of the batch."""
+@dataclass(frozen=True)
+class Snapshot:
+    """Copies of what a replica's last finite frame needs, taken before a step: a step
+    that goes NaN may leave its tensors changed, in place or not."""
 
-    def np_(t: torch.Tensor) -> np.ndarray:
-        return t.detach().cpu().numpy()
+    positions: torch.Tensor
+    velocities: torch.Tensor
+    cell: torch.Tensor
+    step: torch.Tensor
 
-    rows_t = torch.tensor(list(rows), dtype=torch.long, device=state.device)
-    atom_idx = torch.cat([torch.arange(state.atom_slice(r).start, state.atom_slice(r).stop)
-                          for r in rows]).to(state.device)  # fmt: skip
-    nan_r = torch.full((len(rows),), float("nan"), dtype=torch.float64)
-    out = {
-        keys.N_ATOMS: np_(state.n_atoms[rows_t]),
-        keys.NUMBERS: np_(state.numbers[atom_idx]),
-        keys.POSITIONS: np_(state.positions[atom_idx]),
-        keys.FORCES: np_(ev.model_forces[atom_idx])
-        if ev.model_forces_exact
-        else np.full((len(atom_idx), 3), np.nan),
-        keys.CELL: np_(state.cell[rows_t]),
-        keys.PBC: np_(state.pbc[rows_t]),
-        keys.ENERGY: np_(ev.energy[rows_t]),
-        keys.STRESS: np_(voigt(ev.model_stress[rows_t])) if stress else None,
-        keys.BIAS_STRENGTH: np_(ev.tau[rows_t]),
-        keys.BIAS_STRESS_STRENGTH: np_(ev.tau_stress[rows_t]),
-        keys.TEMPERATURE_K: np_(state.temperature()[rows_t]),
-        keys.PRESSURE_EV_A3: np_(state.pressure()[rows_t]) if stress else np_(nan_r),
-        keys.MD_STEP: np_(state.step[rows_t]),
-        keys.REPLICA: np_(state.replica_id[rows_t]),
-        keys.EXPLORER: np.full(len(rows), explorer, dtype=np.int64),
-        keys.STOP_REASON: np.array(list(reasons), dtype=object),
-        keys.SAMPLER: np.array([sampler] * len(rows), dtype=object),
-    }
-    for key in (keys.UNCERTAINTY, keys.CALIBRATED_UNCERTAINTY, keys.FEATURES):
-        if key in ev.outputs and ev.outputs[key].shape[0] == state.n_replicas:
-            out[key] = np_(ev.outputs[key][rows_t])
-    for key in (keys.ATOMIC_UNCERTAINTY, keys.CALIBRATED_ATOMIC_UNCERTAINTY):
-        if key in ev.outputs:
-            out[key] = np_(ev.outputs[key][atom_idx])
-    return {k: v for k, v in out.items() if v is not None}
+    @classmethod
+    def of(cls, state: MDState) -> Snapshot:
+        return cls(state.positions.clone(), state.velocities.clone(), state.cell.clone(),
+                   state.step.clone())  # fmt: skip
+
+    def replica(self, state: MDState, r: int) -> MDState:
+        """Replica ``r`` of ``state`` (same batch layout) as it was at the snapshot."""
+        old = dataclasses.replace(state, positions=self.positions, velocities=self.velocities,
+                                  cell=self.cell, step=self.step)  # fmt: skip
+        return select_replicas(old, [r])
+
+
+@dataclass
+class _Clock:
+    """Wall time and atom-steps, with the steady state apart from the first ``warmup``
+    batch steps (start-up and compiling)."""
+
+    warmup: int
+    t0: float = field(default_factory=time.perf_counter)
+    batch_steps: int = 0
+    replica_steps: int = 0
+    atom_steps: int = 0
+    t_warm: float | None = None
+    atom_steps_warm: int = 0
+
+    def tick(self, state: MDState) -> None:
+        """Count the batch step about to run."""
+        if self.batch_steps == self.warmup:
+            self.t_warm, self.atom_steps_warm = time.perf_counter(), self.atom_steps
+        self.batch_steps += 1
+        self.replica_steps += state.n_replicas
+        self.atom_steps += int(state.n_atoms.sum())
+
+    def rates(self, t_end: float) -> tuple[dict, dict]:
+        """The summary's whole-run and steady-state fields; ``t_end``: the last step's end."""
+        wall = time.perf_counter() - self.t0
+        whole = {"wall_time_s": wall, "atom_steps_per_s": self.atom_steps / max(wall, 1e-9)}
+        steady = (
+            None
+            if self.t_warm is None
+            else (self.atom_steps - self.atom_steps_warm) / max(t_end - self.t_warm, 1e-9)
+        )
+        return whole, {
+            "warmup_steps": min(self.warmup, self.batch_steps),
+            "warmup_s": (t_end if self.t_warm is None else self.t_warm) - self.t0,
+            "steady_steps": max(0, self.batch_steps - self.warmup),
+            "steady_atom_steps_per_s": steady,
+        }
 
 
 def _check_structures(structures: Sequence[Atoms]) -> None:
@@ -160,15 +200,97 @@ def _check_structures(structures: Sequence[Atoms]) -> None:
             raise TypeError(f"start structure {k} is a {type(atoms).__name__}, not ase.Atoms")
 
 
-def _last_finite_frame(state: MDState, before, r: int, model, config, stress: bool) -> dict:
-    """A replica that went NaN keeps the frame before the failing step as its stop frame
-    (evaluated again without bias: one small extra model call)."""
-    pos, vel, cell, step = before
-    snap = dataclasses.replace(state, positions=pos, velocities=vel, cell=cell, step=step)
-    one = select_replicas(snap, [r])
-    ev = evaluate(one, model, stress=stress, bias=None)
-    return frames_from(one, ev, [0], ["nan"], explorer=config.explorer_id,
-                       sampler=config.sampler, stress=stress)  # fmt: skip
+class _Explorer:
+    """One run's settings and bookkeeping: starting replicas, stepping, writing frames."""
+
+    def __init__(self, config: ExploreConfig, model, pool: ReplicaPool) -> None:
+        config.stop.check_model(model)
+        self.bias = config.bias()
+        if self.bias is not None and not getattr(model, "differentiable", False):
+            raise ValueError(
+                f"sampler {config.sampler!r} needs a differentiable model with an uncertainty "
+                "(a ubmd model file with its estimator); use sampler 'md' with ASE force fields"
+            )
+        self.t_sched = as_schedule(config.temperature_K, name="temperature_K", positive=True)
+        self.p_sched = as_schedule(config.pressure_GPa, name="pressure_GPa")
+        self.stress = config.ensemble == "npt"
+        self.dtype, self.device = dtype_from_name(config.dtype), torch.device(config.device)
+        model_dtype = getattr(model, "dtype", None)
+        if model_dtype is not None and model_dtype != self.dtype:
+            name = str(model_dtype).removeprefix("torch.")
+            raise ValueError(f"the model computes in {name}, the explorer config asks for "
+                             f"{config.dtype}; set dtype={name!r}")  # fmt: skip
+        stop_at = config.stop.max_steps
+        self.limit = config.n_steps if stop_at is None else min(config.n_steps, stop_at)
+        self.window = 1 if self.bias is None else self.bias.window_samples
+        self.config, self.model, self.pool = config, model, pool
+        self.n_frames = 0
+
+    def write(self, writer: CandidateWriter, state, ev, rows, reasons) -> None:
+        if rows:
+            writer.append(frames_from(state, ev, rows, reasons, explorer=self.config.explorer_id,
+                                      sampler=self.config.sampler, stress=self.stress))  # fmt: skip
+            self.n_frames += len(rows)
+
+    def start(self, writer: CandidateWriter, n: int) -> MDState | None:
+        """Start up to ``n`` replicas from the pool; a start structure that already breaks
+        a stop rule (atoms too close, NaN, ...) ends at step 0 with its frame."""
+        states = []
+        while n > 0 and self.pool.waiting:
+            ids, atoms = self.pool.take(n)
+            t0_K = float(self.t_sched.at(torch.zeros(1))[0])
+            st = make_state(atoms, replica_ids=ids, seed=self.config.seed, temperature_K=t0_K,
+                            window=self.window, device=self.device, dtype=self.dtype)  # fmt: skip
+            if self.stress:
+                check_periodic(st)
+            ev = initialize(st, self.model, stress=self.stress, bias=self.bias)
+            reasons = check_stops(st, ev, self.config.stop, step_limit=self.limit)
+            self.pool.started(ids, reasons)
+            bad = [r for r in range(len(ids)) if reasons[r]]
+            if bad:
+                self.write(writer, st, ev, bad, [reasons[r] for r in bad])
+                st = select_replicas(st, [r for r in range(len(ids)) if not reasons[r]])
+            n -= st.n_replicas
+            states.append(st)
+        return concat_states(states) if states else None
+
+    def step(self, state: MDState) -> Evaluation:
+        """One step of every replica with the ensemble's integrator."""
+        c, dt = self.config, self.config.timestep_fs
+        if c.ensemble == "nve":
+            return nve_step(state, self.model, timestep_fs=dt, bias=self.bias)
+        temp = self.t_sched.at(state.step).to(self.dtype)
+        if self.stress:
+            press = self.p_sched.at(state.step).to(self.dtype) * units.GPa
+            return npt_step(state, self.model, timestep_fs=dt, temperature_K=temp,
+                            pressure_eV_A3=press, friction_per_fs=c.friction_per_fs,
+                            barostat=c.barostat, bias=self.bias)  # fmt: skip
+        return langevin_step(state, self.model, timestep_fs=dt, temperature_K=temp,
+                             friction_per_fs=c.friction_per_fs, bias=self.bias)  # fmt: skip
+
+    def finish_step(self, writer, state: MDState, ev: Evaluation, before: Snapshot) -> MDState:
+        """Write the step's frames, end the replicas that stopped, refill their slots."""
+        reasons = check_stops(state, ev, self.config.stop, step_limit=self.limit)
+        steps = state.step.tolist()
+        for r in (r for r in range(state.n_replicas) if reasons[r] == "nan"):
+            self.write_last_finite(writer, before.replica(state, r))
+        rows = [r for r in range(state.n_replicas) if reasons[r] != "nan"
+                and (reasons[r] or steps[r] % self.config.record_every == 0)]  # fmt: skip
+        self.write(writer, state, ev, rows, [reasons[r] for r in rows])
+        stopped = [r for r in range(state.n_replicas) if reasons[r]]
+        if not stopped:
+            return state
+        for r in stopped:
+            self.pool.stopped(int(state.replica_id[r]), reasons[r], steps[r])
+        state = select_replicas(state, [r for r in range(state.n_replicas) if not reasons[r]])
+        fresh = self.start(writer, len(stopped))
+        return state if fresh is None else concat_states([state, fresh])
+
+    def write_last_finite(self, writer: CandidateWriter, one: MDState) -> None:
+        """A replica that went NaN keeps the frame before the failing step as its stop
+        frame (evaluated again without bias: one small extra model call)."""
+        ev = evaluate(one, self.model, stress=self.stress, bias=None)
+        self.write(writer, one, ev, [0], ["nan"])
 
 
 def run_explorer(
@@ -199,128 +321,25 @@ def run_explorer(
     n_slots = len(start_structures) if replicas is None else int(replicas)
     if n_slots < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
-    config.stop.check_model(model)
-    bias = config.bias()
-    if bias is not None and not getattr(model, "differentiable", False):
-        raise ValueError(
-            f"sampler {config.sampler!r} needs a differentiable model with an uncertainty "
-            "(a ubmd model file with its estimator); use sampler 'md' with ASE force fields"
-        )
-    t_sched = as_schedule(config.temperature_K, name="temperature_K", positive=True)
-    p_sched = as_schedule(config.pressure_GPa, name="pressure_GPa")
-    npt = config.ensemble == "npt"
-    stress = npt
-    dtype, device = _DTYPES[config.dtype], torch.device(config.device)
-    model_dtype = getattr(model, "dtype", None)
-    if model_dtype is not None and model_dtype != dtype:
-        raise ValueError(
-            f"the model computes in {str(model_dtype).removeprefix('torch.')}, the explorer "
-            f"config asks for {config.dtype}; set dtype={str(model_dtype).removeprefix('torch.')!r}"
-        )
-    limit = (
-        config.n_steps
-        if config.stop.max_steps is None
-        else min(config.n_steps, config.stop.max_steps)
-    )
-    n_runs = max(n_slots, len(start_structures))
-    window = bias.window_samples if isinstance(bias, BiasConfig) else 1
-    queue = list(range(n_runs))  # replica id k starts from structure k % n_structures
-    info: dict[int, dict] = {}
-
-    def start(writer: CandidateWriter, n: int) -> MDState | None:
-        """Start up to ``n`` replicas from the queue; a start structure that already
-        breaks a stop rule (atoms too close, NaN, ...) ends at step 0 with its frame."""
-        nonlocal queue, n_frames
-        states = []
-        while n > 0 and queue:
-            ids, queue = queue[:n], queue[n:]
-            atoms = [start_structures[k % len(start_structures)] for k in ids]
-            st = make_state(atoms, replica_ids=ids, seed=config.seed,
-                            temperature_K=float(t_sched.at(torch.zeros(1))[0]),
-                            window=window, device=device, dtype=dtype)  # fmt: skip
-            if npt:
-                check_periodic(st)
-            ev = initialize(st, model, stress=stress, bias=bias)
-            reasons = check_stops(st, ev, config.stop, step_limit=limit)
-            for r, k in enumerate(ids):
-                info[k] = {"start_index": k % len(start_structures), "stop_reason": reasons[r],
-                           "steps": 0}  # fmt: skip
-            bad = [r for r in range(len(ids)) if reasons[r]]
-            if bad:
-                writer.append(frames_from(st, ev, bad, [reasons[r] for r in bad],
-                                          explorer=config.explorer_id, sampler=config.sampler,
-                                          stress=stress))  # fmt: skip
-                n_frames += len(bad)
-                st = select_replicas(st, [r for r in range(len(ids)) if not reasons[r]])
-            n -= st.n_replicas
-            states.append(st)
-        return concat_states(states) if states else None
-
-    n_frames, done_steps, atom_steps = 0, 0, 0
-    planned = n_runs * config.n_steps
-    warmup = min(10, max(1, config.n_steps // 10))  # batch steps before the steady state
-    n_batch_steps, t_warm, atom_steps_warm = 0, None, 0
-    t0 = time.perf_counter()
+    run = _Explorer(config, model, ReplicaPool(start_structures, n_slots))
+    planned = run.pool.n_runs * config.n_steps
+    clock = _Clock(warmup=min(10, max(1, config.n_steps // 10)))
     with CandidateWriter(out_path) as writer:
-        state = start(writer, n_slots)
+        state = run.start(writer, n_slots)
         while state is not None and state.n_replicas > 0:
-            if n_batch_steps == warmup:
-                t_warm, atom_steps_warm = time.perf_counter(), atom_steps
-            n_batch_steps += 1
-            # the integrators replace these tensors, so references are a snapshot
-            before = (state.positions, state.velocities, state.cell, state.step)
-            temp = t_sched.at(state.step).to(dtype)
-            if config.ensemble == "nve":
-                ev = nve_step(state, model, timestep_fs=config.timestep_fs, bias=bias)
-            elif npt:
-                press = p_sched.at(state.step).to(dtype) * units.GPa
-                ev = npt_step(state, model, timestep_fs=config.timestep_fs, temperature_K=temp,
-                              pressure_eV_A3=press, friction_per_fs=config.friction_per_fs,
-                              barostat=config.barostat, bias=bias)  # fmt: skip
-            else:
-                ev = langevin_step(state, model, timestep_fs=config.timestep_fs,
-                                   temperature_K=temp, friction_per_fs=config.friction_per_fs,
-                                   bias=bias)  # fmt: skip
-            done_steps += state.n_replicas
-            atom_steps += int(state.n_atoms.sum())
-            reasons = check_stops(state, ev, config.stop, step_limit=limit)
-            steps = state.step.tolist()
-            rows = [r for r in range(state.n_replicas)
-                    if reasons[r] != "nan" and (reasons[r] or steps[r] % config.record_every == 0)]  # fmt: skip
-            for r in (r for r in range(state.n_replicas) if reasons[r] == "nan"):
-                writer.append(_last_finite_frame(state, before, r, model, config, stress))
-                n_frames += 1
-            if rows:
-                frames = frames_from(state, ev, rows, [reasons[r] for r in rows],
-                                     explorer=config.explorer_id, sampler=config.sampler,
-                                     stress=stress)  # fmt: skip
-                writer.append(frames)
-                n_frames += len(rows)
-            stopped = [r for r in range(state.n_replicas) if reasons[r]]
-            if stopped:
-                for r in stopped:
-                    rid = int(state.replica_id[r])
-                    info[rid].update(stop_reason=reasons[r], steps=steps[r])
-                state = select_replicas(
-                    state, [r for r in range(state.n_replicas) if not reasons[r]]
-                )
-                fresh = start(writer, len(stopped))
-                if fresh is not None:
-                    state = concat_states([state, fresh])
+            clock.tick(state)
+            before = Snapshot.of(state)
+            ev = run.step(state)
+            state = run.finish_step(writer, state, ev, before)
             if progress is not None:
-                progress(done_steps, planned)
+                progress(clock.replica_steps, planned)
         t_end = time.perf_counter()
-    wall = time.perf_counter() - t0
-    steady = None if t_warm is None else (atom_steps - atom_steps_warm) / max(t_end - t_warm, 1e-9)
+    whole, steady = clock.rates(t_end)
     return {
-        "n_frames": n_frames,
-        "replicas": info,
-        "wall_time_s": wall,
-        "atom_steps_per_s": atom_steps / max(wall, 1e-9),
+        "n_frames": run.n_frames,
+        "replicas": run.pool.info,
+        **whole,
         "out_path": str(out_path),
         "compiled": bool(getattr(model, "compiled", False)),
-        "warmup_steps": min(warmup, n_batch_steps),
-        "warmup_s": (t_end if t_warm is None else t_warm) - t0,
-        "steady_steps": max(0, n_batch_steps - warmup),
-        "steady_atom_steps_per_s": steady,
+        **steady,
     }

@@ -18,7 +18,7 @@
 
 Every random number of a replica comes from its own generator (batch independence).
 Each step function advances all replicas once, calls the model once and returns the
-:class:`~ubmd.md.bias.Evaluation` of the new positions.
+:class:`~ubmd.md.evaluation.Evaluation` of the new positions.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from ase import units
 
-from ubmd.md.bias import BiasConfig, Evaluation, evaluate
+from ubmd.md.evaluation import Bias, Evaluation, evaluate
 from ubmd.md.state import MDState
 
 
@@ -64,7 +64,7 @@ def _apply(state: MDState, ev: Evaluation) -> Evaluation:
 
 
 def initialize(
-    state: MDState, model, *, stress: bool = False, bias: BiasConfig | None = None
+    state: MDState, model, *, stress: bool = False, bias: Bias | None = None
 ) -> Evaluation:
     """First force call: fills ``state.forces/energy/stress`` before the first step."""
     return _apply(state, evaluate(state, model, stress=stress, bias=bias))
@@ -115,7 +115,7 @@ def nve_step(
     *,
     timestep_fs: float,
     stress: bool = False,
-    bias: BiasConfig | None = None,
+    bias: Bias | None = None,
 ) -> Evaluation:
     """One velocity-Verlet step (microcanonical)."""
     dt = timestep_fs * units.fs
@@ -135,7 +135,7 @@ def langevin_step(
     temperature_K,
     friction_per_fs: float = 0.01,
     stress: bool = False,
-    bias: BiasConfig | None = None,
+    bias: Bias | None = None,
 ) -> Evaluation:
     """One BAOAB Langevin step at ``temperature_K`` (scalar or (R,) per replica)."""
     if friction_per_fs <= 0:
@@ -209,7 +209,7 @@ def npt_step(
     pressure_eV_A3,
     friction_per_fs: float = 0.01,
     barostat: BarostatConfig | None = None,
-    bias: BiasConfig | None = None,
+    bias: Bias | None = None,
 ) -> Evaluation:
     """One BAOAB step plus a stochastic cell-rescaling step (stress always computed)."""
     if friction_per_fs <= 0:

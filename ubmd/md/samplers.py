@@ -26,15 +26,44 @@ import torch
 from ase import Atoms, units
 
 from ubmd import keys
-from ubmd.md.bias import Evaluation, UncertaintyCVConfig, _two_grads
-from ubmd.md.explore import _DTYPES, frames_from
-from ubmd.md.state import MDState, make_state, segment_sum, select_replicas
+from ubmd.md.evaluation import BiasTerm, Evaluation, Gradients, evaluate, two_grads
+from ubmd.md.frames import frames_from
+from ubmd.md.state import MDState, dtype_from_name, make_state, segment_sum, select_replicas
 from ubmd.md.stop import StopRules, check_stops
 from ubmd.md.writer import CandidateWriter
 
 
+@dataclass(frozen=True)
+class UncertaintyCVConfig:
+    """Hills on the uncertainty. ``height_eV``: hill height; ``width``: Gaussian width in
+    the CV's unit; ``pace``: steps between hills; ``well_tempered_dT_K``: None for plain
+    metadynamics. ``cv_key``: which model output is the CV (calibrated total by default,
+    the raw ``keys.UNCERTAINTY`` when the model has no calibration)."""
+
+    height_eV: float = 0.05
+    width: float = 0.01
+    pace: int = 50
+    well_tempered_dT_K: float | None = None
+    cv_key: str = keys.CALIBRATED_UNCERTAINTY
+
+    def __post_init__(self) -> None:
+        if not (self.height_eV > 0 and self.width > 0 and self.pace >= 1):
+            raise ValueError(
+                f"hills need height_eV > 0, width > 0, pace >= 1; got {self.height_eV}, "
+                f"{self.width}, {self.pace}"
+            )
+        if self.well_tempered_dT_K is not None and not self.well_tempered_dT_K > 0:
+            raise ValueError(f"well_tempered_dT_K must be > 0, got {self.well_tempered_dT_K}")
+
+
 class HillsBias:
-    """Metadynamics bias on the uncertainty; hills are kept per replica id."""
+    """Metadynamics bias on the uncertainty (an :class:`ubmd.md.evaluation.Bias`); hills
+    are kept per replica id."""
+
+    window_samples = 1  # no windows in the state
+    # hills differentiate E themselves, also where the model hands back dE (ensembles);
+    # taking those instead would save a pass but change trajectories in the last bits
+    takes_energy_grads = False
 
     def __init__(self, config: UncertaintyCVConfig) -> None:
         self.config = config
@@ -73,35 +102,34 @@ class HillsBias:
         self.centers[rows, -1] = xi[mask].detach().cpu().double()
         self.heights[rows, -1] = h[mask].detach().cpu().double()
 
-    def evaluate(self, state: MDState, model, *, stress: bool) -> Evaluation:
-        if not getattr(model, "differentiable", False):
-            raise ValueError("uncertainty-CV sampling needs a differentiable model")
-        R = state.n_replicas
-        pos = state.positions.detach().requires_grad_(True)
-        strain = torch.zeros(R, 3, 3, dtype=state.dtype, device=state.device, requires_grad=stress)
-        inputs = [pos, strain] if stress else [pos]
-        with torch.enable_grad():
-            out = model.outputs(pos, strain, state)
-            key = self.config.cv_key
-            if key not in out:
-                raise ValueError(f"the CV {key!r} is not among the model outputs {sorted(out)}")
-            xi = out[key]
-            g_e, g_x = _two_grads(out[keys.ENERGY].sum(), xi.sum(), inputs)
-        xi = xi.detach()
+    def variable(self, outputs: dict[str, torch.Tensor], state: MDState) -> torch.Tensor:
+        key = self.config.cv_key
+        if key not in outputs:
+            raise ValueError(f"the CV {key!r} is not among the model outputs {sorted(outputs)}")
+        return outputs[key]
+
+    def single_pass_strength(self, state: MDState, *, stress: bool) -> None:
+        return None  # the model force is wanted separately on every step
+
+    def energy_term(self, xi: torch.Tensor, grads: Gradients, state: MDState) -> BiasTerm:
+        """V(xi) from the hills so far; force -V'(xi) dxi/dr, stress V'(xi) (1/V) dxi/deps."""
         v, dv = self.potential(xi, state.replica_id)
-        f_model = -g_e[0]
-        forces = f_model - dv[state.batch][:, None] * g_x[0]
-        vol = state.volume.clamp_min(1e-12)[:, None, None]
-        zero = torch.zeros(R, 3, 3, dtype=state.dtype, device=state.device)
-        s_model = 0.5 * (g_e[1] + g_e[1].mT) / vol if stress else zero
-        s_total = s_model + dv[:, None, None] * 0.5 * (g_x[1] + g_x[1].mT) / vol if stress else zero
-        self._deposit(
-            xi, v, state.replica_id, (state.step % self.config.pace == 0) & (state.step > 0)
-        )
-        detached = {k: t.detach() for k, t in out.items() if isinstance(t, torch.Tensor)}
-        detached["metadynamics_bias_eV"] = v
-        energy = out[keys.ENERGY].detach()
-        return Evaluation(energy, forces, f_model, s_total, s_model, dv, dv * 0.0, detached)
+        stress = None
+        if grads.cv_strain is not None:
+            g, vol = grads.cv_strain, state.volume.clamp_min(1e-12)[:, None, None]
+            # (not dv * symmetric_stress(g): this order of operations keeps the last bits)
+            stress = dv[:, None, None] * 0.5 * (g + g.mT) / vol
+        forces = -(dv[state.batch][:, None] * grads.cv_positions)
+        return BiasTerm(v, forces, stress, dv, dv * 0.0)
+
+    def update(self, xi: torch.Tensor, term: BiasTerm, state: MDState) -> None:
+        """A hill at xi every ``pace`` steps (well-tempered: lower where V is high)."""
+        mask = (state.step % self.config.pace == 0) & (state.step > 0)
+        self._deposit(xi, term.energy, state.replica_id, mask)
+
+    def evaluate(self, state: MDState, model, *, stress: bool) -> Evaluation:
+        """``evaluate(state, model, stress=stress, bias=self)`` (an older spelling)."""
+        return evaluate(state, model, stress=stress, bias=self)
 
 
 @dataclass(frozen=True)
@@ -131,8 +159,7 @@ class AdversarialConfig:
         for name in ("n_iterations", "learning_rate_A", "record_every"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} not one of {list(_DTYPES)}")
+        dtype_from_name(self.dtype)
 
 
 def run_adversarial(
@@ -151,14 +178,11 @@ def run_adversarial(
     config.stop.check_model(model)
     if len(start_structures) == 0:
         raise ValueError("no start structures given")
-    dtype, device = _DTYPES[config.dtype], torch.device(config.device)
+    dtype, device = dtype_from_name(config.dtype), torch.device(config.device)
     state = make_state(list(start_structures), seed=config.seed, temperature_K=None,
                        window=1, device=device, dtype=dtype)  # fmt: skip
     state.velocities = torch.zeros_like(state.velocities)
-    kT = units.kB * config.temperature_K
-    e_train = torch.tensor(config.training_energies_eV, dtype=torch.float64)
-    e_ref = float(e_train.min())
-    log_q = float(torch.logsumexp(-(e_train - e_ref) / kT, 0) - math.log(len(e_train)))
+    target = _Target.of(config)
     x0 = state.positions.clone()
     delta = torch.cat([
         config.init_displacement_A
@@ -173,31 +197,7 @@ def run_adversarial(
     with CandidateWriter(out_path) as writer:
         for it in range(1, config.n_iterations + 1):
             state.positions = (x0 + delta).detach()
-            pos = state.positions.clone().requires_grad_(True)
-            strain = torch.zeros(state.n_replicas, 3, 3, dtype=dtype, device=device)
-            out = model.outputs(pos, strain, state)
-            u = out[config.uncertainty_key]
-            if u.shape[0] != state.n_replicas:
-                u = segment_sum(u, state.batch, state.n_replicas)
-            log_u = torch.log(u.clamp_min(1e-300))
-            g_e, g_u = _two_grads(out[keys.ENERGY].sum(), log_u.sum(), [pos])
-            objective = log_u - (out[keys.ENERGY] - e_ref) / kT - log_q
-            opt.zero_grad()
-            # ascend log(u exp(-E/kT)/Q): d/d delta = d log u/dr - (1/kT) dE/dr
-            grad = -(g_u[0] - g_e[0] / kT)
-            grad[~torch.isin(state.batch, live)] = 0.0  # stopped replicas stay put
-            delta.grad = grad.detach()
-            opt.step()
-            state.step = (
-                state.step + torch.isin(torch.arange(state.n_replicas, device=device), live).long()
-            )
-            zeros = torch.zeros(state.n_replicas, dtype=dtype, device=device)
-            no_stress = torch.zeros(state.n_replicas, 3, 3, dtype=dtype, device=device)
-            detached = {k: t.detach() for k, t in out.items() if isinstance(t, torch.Tensor)}
-            detached["adversarial_objective"] = objective.detach()
-            f = -g_e[0].detach()
-            ev = Evaluation(out[keys.ENERGY].detach(), f, f, no_stress, no_stress, zeros, zeros,
-                            detached)  # fmt: skip
+            ev = _attack_step(state, model, target, delta, opt, live)
             reasons = check_stops(state, ev, config.stop, step_limit=config.n_iterations)
             rows = [r for r in live.tolist() if reasons[r] or it % config.record_every == 0]
             if rows:
@@ -205,12 +205,10 @@ def run_adversarial(
                                           explorer=config.explorer_id, sampler="adversarial",
                                           stress=False))  # fmt: skip
                 n_frames += len(rows)
-            for r in live.tolist():
-                if reasons[r]:
-                    reasons_all[int(state.replica_id[r])] = reasons[r]
-            live = torch.tensor(
-                [r for r in live.tolist() if not reasons[r]], dtype=torch.long, device=device
-            )
+            reasons_all.update({int(state.replica_id[r]): reasons[r] for r in live.tolist()
+                                if reasons[r]})  # fmt: skip
+            keep = [r for r in live.tolist() if not reasons[r]]
+            live = torch.tensor(keep, dtype=torch.long, device=device)
             if len(live) == 0:
                 break
     final = select_replicas(state, list(range(state.n_replicas)))
@@ -220,3 +218,50 @@ def run_adversarial(
         "final_positions": final.positions.detach().cpu().numpy(),
         "wall_time_s": time.perf_counter() - t0,
     }
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The attack's objective log u - (E - e_ref)/kT - log Q, its constants in eV."""
+
+    kT: float
+    e_ref: float
+    log_q: float
+    uncertainty_key: str
+
+    @classmethod
+    def of(cls, config: AdversarialConfig) -> _Target:
+        kT = units.kB * config.temperature_K
+        e_train = torch.tensor(config.training_energies_eV, dtype=torch.float64)
+        e_ref = float(e_train.min())
+        log_q = float(torch.logsumexp(-(e_train - e_ref) / kT, 0) - math.log(len(e_train)))
+        return cls(kT, e_ref, log_q, config.uncertainty_key)
+
+
+def _attack_step(
+    state: MDState, model, target: _Target, delta: torch.Tensor, opt, live: torch.Tensor
+) -> Evaluation:
+    """One Adam ascent step of delta for the ``live`` replicas; returns the evaluation of
+    the positions before the step (the replicas' steps count on)."""
+    R, dtype, device = state.n_replicas, state.dtype, state.device
+    pos = state.positions.clone().requires_grad_(True)
+    out = model.outputs(pos, torch.zeros(R, 3, 3, dtype=dtype, device=device), state)
+    u = out[target.uncertainty_key]
+    if u.shape[0] != R:
+        u = segment_sum(u, state.batch, R)
+    log_u = torch.log(u.clamp_min(1e-300))
+    g_e, g_u = two_grads(out[keys.ENERGY].sum(), log_u.sum(), [pos])
+    objective = log_u - (out[keys.ENERGY] - target.e_ref) / target.kT - target.log_q
+    opt.zero_grad()
+    # ascend log(u exp(-E/kT)/Q): d/d delta = d log u/dr - (1/kT) dE/dr
+    grad = -(g_u[0] - g_e[0] / target.kT)
+    grad[~torch.isin(state.batch, live)] = 0.0  # stopped replicas stay put
+    delta.grad = grad.detach()
+    opt.step()
+    state.step = state.step + torch.isin(torch.arange(R, device=device), live).long()
+    zeros = torch.zeros(R, dtype=dtype, device=device)
+    no_stress = torch.zeros(R, 3, 3, dtype=dtype, device=device)
+    detached = {k: t.detach() for k, t in out.items() if isinstance(t, torch.Tensor)}
+    detached["adversarial_objective"] = objective.detach()
+    f = -g_e[0].detach()
+    return Evaluation(out[keys.ENERGY].detach(), f, f, no_stress, no_stress, zeros, zeros, detached)

@@ -22,6 +22,14 @@ from ase import Atoms, units
 ATOM = {"per": "atom"}
 REPLICA = {"per": "replica"}
 LIST = {"per": "list"}
+DTYPES = {"float64": torch.float64, "float32": torch.float32}  # the names configs take
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """The float dtype a config names ("float64" or "float32")."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r} not one of {list(DTYPES)}")
+    return DTYPES[name]
 
 
 @dataclass
@@ -149,14 +157,7 @@ def make_state(
         g = torch.Generator(device=device)
         g.manual_seed(replica_seed(seed, rid))
         gens.append(g)
-        m = torch.as_tensor(atoms.get_masses(), dtype=dtype, device=device)
-        if temperature_K is None:
-            vel.append(torch.as_tensor(atoms.get_velocities(), dtype=dtype, device=device))
-        else:
-            v = torch.randn(len(atoms), 3, generator=g, dtype=dtype, device=device)
-            v = v * torch.sqrt(units.kB * temperature_K / m)[:, None]
-            p_com = (m[:, None] * v).sum(0) / m.sum()
-            vel.append(v - p_com if len(atoms) > 1 else v)
+        vel.append(_velocities(atoms, g, temperature_K, dtype=dtype, device=device))
     cat = torch.cat
     n = torch.tensor([len(a) for a in structures], dtype=torch.long, device=device)
     R = len(structures)
@@ -182,6 +183,20 @@ def make_state(
         win_gs2=zeros_w.clone(),
         generators=gens,
     )
+
+
+def _velocities(
+    atoms: Atoms, g: torch.Generator, temperature_K: float | None, *, dtype, device
+) -> torch.Tensor:
+    """Maxwell-Boltzmann from the replica's generator (no centre-of-mass drift), or the
+    structure's own velocities when ``temperature_K`` is None."""
+    if temperature_K is None:
+        return torch.as_tensor(atoms.get_velocities(), dtype=dtype, device=device)
+    m = torch.as_tensor(atoms.get_masses(), dtype=dtype, device=device)
+    v = torch.randn(len(atoms), 3, generator=g, dtype=dtype, device=device)
+    v = v * torch.sqrt(units.kB * temperature_K / m)[:, None]
+    p_com = (m[:, None] * v).sum(0) / m.sum()
+    return v - p_com if len(atoms) > 1 else v
 
 
 def select_replicas(state: MDState, keep: Sequence[int]) -> MDState:

@@ -3,7 +3,7 @@
 Checked after every force call, in this order (the first that fires is the reason):
 ``nan`` (non-finite positions, energy, forces or uncertainty), ``too_close`` (two atoms
 closer than ``min_distance_A``), ``force`` (max |F_model| above ``max_force_eV_A``; on
-single-pass biased steps the total force, see :mod:`ubmd.md.bias`),
+single-pass biased steps the total force, see :mod:`ubmd.md.evaluation`),
 ``atomic_uncertainty`` / ``uncertainty`` (calibrated uncertainty above a threshold; the
 model must carry a calibration), ``max_steps``.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ubmd import keys
-from ubmd.md.bias import Evaluation
+from ubmd.md.evaluation import Evaluation
 from ubmd.md.state import MDState, segment_sum
 
 REASONS = ("nan", "too_close", "force", "atomic_uncertainty", "uncertainty", "max_steps")

@@ -137,16 +137,13 @@ def check_not_truncated(path: str, *, writer_locked: bool = False) -> None:
         raise StoreFormatError(f"store {path!r} is truncated: {exc}") from None
     except ValueError:
         return  # not a superblock ubmd writes: opening it gives the reason
-    for _ in range(20):
-        size = os.path.getsize(path)
-        if size >= expected:
-            return
-        if writer_locked:
-            break
+    size = os.path.getsize(path)
+    if size >= expected:
+        return
+    if not writer_locked:
         with no_live_writer(path) as free:
-            if free:
-                break
-        time.sleep(0.05)
+            if not free:
+                return  # a live writer may have reserved space it has not written yet
     raise StoreFormatError(
         f"store {path!r} is truncated: {size} bytes on disk but its HDF5 superblock says "
         f"{expected}; the file was cut short (an interrupted copy?); restore it from a copy"
