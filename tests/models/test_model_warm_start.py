@@ -173,3 +173,24 @@ def test_energy_weight_ramps_to_its_final_value_and_validation_uses_it():
     _, flat = train_model(config(max_epochs=5, energy_weight=110.0), data)
     assert h1 == h2
     assert h1[0]["valid_loss"] != flat[0]["valid_loss"]  # different training, same metric
+
+
+def test_max_steps_caps_the_epochs_of_a_growing_data_set():
+    from ubmd.models.train import TrainConfig, epochs_for
+
+    cfg = TrainConfig(max_epochs=100, patience=100, batch_size=8, max_steps=2000)
+    assert epochs_for(cfg, 80).max_epochs == 100  # 10 steps/epoch: 1000 steps, under the cap
+    assert epochs_for(cfg, 400).max_epochs == 40  # 50 steps/epoch
+    assert epochs_for(cfg, 401).max_epochs == 40  # 51 steps/epoch: ceil(2000 / 51)
+    assert epochs_for(cfg, 100_000).max_epochs == 1
+    assert epochs_for(cfg, 400).patience == 40  # "whole budget" patience follows the budget
+    assert epochs_for(TrainConfig(max_epochs=100, patience=7, max_steps=10), 400).patience == 7
+    assert epochs_for(TrainConfig(max_epochs=100), 10**6).max_epochs == 100  # no cap
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1"):
+        TrainConfig(max_steps=0)
+
+
+def test_a_capped_run_trains_that_many_epochs():
+    history = train_model(tiny_config(max_epochs=50, max_steps=6, batch_size=2), emt_dataset(6))[1]
+    # 4 training structures (valid_fraction 0.34 holds 2 out) -> 2 steps per epoch -> 3 epochs
+    assert [r["epoch"] for r in history] == [0, 1, 2]

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ class TrainConfig:
     lr: float = 5e-3
     batch_size: int = 8
     max_epochs: int = 200
+    # optimizer steps at most (None: no limit): the epochs become min(max_epochs, the epochs
+    # these steps take), so a fine-tuning run costs the same however large the data set grows
+    max_steps: int | None = None
     patience: int = 40  # epochs without validation improvement before stopping
     lr_schedule: str = "plateau"  # "plateau" (ReduceLROnPlateau), "cosine" or "none"
     lr_factor: float = 0.5  # plateau: multiply lr by this
@@ -81,6 +85,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.max_steps is not None and not (
+            isinstance(self.max_steps, int) and self.max_steps >= 1
+        ):
+            raise ValueError(f"max_steps must be an integer >= 1 (or null), got {self.max_steps!r}")
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.loss not in ("mse", "huber"):
@@ -140,6 +148,21 @@ def split_indices(n: int, valid_fraction: float, seed: int) -> tuple[np.ndarray,
     return np.sort(perm[n_valid:]), np.sort(perm[:n_valid])
 
 
+def epochs_for(config: TrainConfig, n_train: int) -> TrainConfig:
+    """``config`` with ``max_epochs`` cut to what ``max_steps`` optimizer steps allow on
+    ``n_train`` structures (at least one epoch); unchanged without ``max_steps``."""
+    if config.max_steps is None:
+        return config
+    steps_per_epoch = max(1, math.ceil(n_train / config.batch_size))
+    epochs = max(1, min(config.max_epochs, math.ceil(config.max_steps / steps_per_epoch)))
+    if epochs == config.max_epochs:
+        return config
+    patience = (
+        min(config.patience, epochs) if config.patience >= config.max_epochs else config.patience
+    )
+    return dataclasses.replace(config, max_epochs=epochs, patience=patience)
+
+
 def train_model(
     config: TrainConfig,
     train_data: Any,
@@ -169,6 +192,7 @@ def train_model(
     else:
         valid_arrays = mdata.labelled_arrays(valid_data)
 
+    config = epochs_for(config, len(arrays["n_atoms"]))
     species = sorted({int(z) for z in np.unique(arrays["numbers"])})
     if valid_arrays is not None:
         extra = sorted(set(np.unique(valid_arrays["numbers"]).tolist()) - set(species))
