@@ -23,7 +23,9 @@ biased / unbiased.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -117,6 +119,24 @@ def final_row(directory: Path) -> dict:
         row["n_between"] = int(((volumes >= CLOSED_A3) & (volumes <= OPEN_A3)).sum())
         row["n_open"] = int((volumes > OPEN_A3).sum())
     return row
+
+
+PHASE_LINE = re.compile(r"^\[\s*([\d.]+)s\] iteration (\d+) (\w[\w ]*?):")
+
+
+def phase_seconds(log: Path) -> dict[str, float]:
+    """Wall seconds per phase (train, explore, select, label, report, ...) from a campaign's
+    log: each phase lasts until the next phase's first line."""
+    marks = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        m = PHASE_LINE.match(line)
+        if m and (not marks or marks[-1][1:] != (int(m.group(2)), m.group(3))):
+            marks.append((float(m.group(1)), int(m.group(2)), m.group(3)))
+    totals: dict[str, float] = {}
+    for (t0, _, phase), (t1, _, _) in itertools.pairwise(marks):
+        if t1 >= t0:  # a resumed run's log restarts its clock
+            totals[phase] = totals.get(phase, 0.0) + t1 - t0
+    return totals
 
 
 def label_volumes(store_path: Path) -> np.ndarray:
@@ -277,6 +297,16 @@ def main() -> None:
                 wall += run(path, args.out / f"{path.stem}.log")
                 times.write_text(json.dumps(wall))
             rows.append({"variant": variant, "seed": seed, **final_row(directory), "wall_s": wall})
+            phases = phase_seconds(args.out / f"{path.stem}.log")
+            if phases:
+                total = sum(phases.values())
+                print(
+                    f"{path.stem} wall time by phase: "
+                    + ", ".join(
+                        f"{k} {v:.0f} s ({100 * v / total:.0f} %)" for k, v in phases.items()
+                    ),
+                    flush=True,
+                )
             if args.export is not None:
                 export(directory, args.export / path.stem, wall)
             print(_fmt_row(rows[-1]), flush=True)

@@ -16,6 +16,7 @@ import yaml
 from ubmd import keys
 from ubmd.campaign.frames import read_frames
 from ubmd.campaign.layout import CampaignLayout, read_json
+from ubmd.md.writer import read_candidates
 from ubmd.store import StructureStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,7 +114,9 @@ def test_mace_campaign(shrunk, tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     layout = CampaignLayout(tmp_path / "mace")
     final = read_json(layout.final_report)
-    assert final["labels"] == 13
+    with StructureStore.open(layout.store, mode="r") as st:
+        n_ok = len(st.select(status="ok"))
+    assert final["labels"] == n_ok >= 12  # 10 initial + up to 3 (a label may fail)
     assert np.isfinite(final["test"]["force_rmse_eV_A"])
 
 
@@ -131,7 +134,9 @@ def test_npt_with_the_bias_stress_on_mil53(tmp_path):
     data["model"]["hyperparameters"] = {"cutoff": 5.0, "n_features": 16}
     data["exploration"].update(explorers=1, replicas=2, compile=False)
     # a 10-step window: the adaptive bias (forces and stress) is on from step 10
+    # trajectories run their 60 steps (no uncertainty stop: the 6-epoch model is unsure everywhere)
     data["exploration"]["settings"].update(n_steps=60, record_every=20, window=10)
+    data["exploration"]["settings"]["stop"]["max_atomic_uncertainty"] = None
     data["selection"]["batch_size"] = 2
     data["stopping"]["max_iterations"] = 1
     config = tmp_path / "npt.yaml"
@@ -142,10 +147,12 @@ def test_npt_with_the_bias_stress_on_mil53(tmp_path):
     with StructureStore.open(layout.store, mode="r") as st:
         arrays = st.read_arrays(iteration=1)
     assert arrays[keys.HAS_STRESS].all() and np.isfinite(arrays[keys.STRESS]).all()
-    assert np.isfinite(arrays[keys.BIAS_STRESS_STRENGTH]).all()
-    assert (arrays[keys.BIAS_STRESS_STRENGTH] > 0).any()
-    starts = [802.3, 1427.4]
-    volumes = np.abs(np.linalg.det(np.asarray(arrays[keys.CELL]).reshape(-1, 3, 3)))
-    assert all(min(abs(v - s) for s in starts) > 1e-3 for v in volumes), volumes
+    # the explorers' frames: the bias stress switched on after its window, cells moved
+    cands = read_candidates(layout.explorer(1, 0))
+    after = cands[keys.MD_STEP] >= 20
+    assert after.any() and (cands[keys.BIAS_STRESS_STRENGTH][after] > 0).all()
+    volumes = np.abs(np.linalg.det(np.asarray(cands[keys.CELL]).reshape(-1, 3, 3)))
+    starts = np.array([802.3, 1427.4])
+    assert (np.abs(volumes[after][:, None] - starts).min(axis=1) > 0.01).all(), volumes
     final = read_json(layout.final_report)
     assert final["test"]["n_stress"] == 48 and final["test"]["stress_rmse_meV_A3"] > 0
