@@ -99,6 +99,26 @@ class StoppingSpec(_Strict):
     stop_when_no_candidates: bool = True
 
 
+class StreamingSpec(_Strict):
+    """``mode: streaming``: explorers, selection, labels and training overlap (no barrier).
+
+    Explorers run in segments of ``segment_steps`` MD steps, each with the newest published
+    model; a selection runs once ``select_pool_factor`` x ``selection.batch_size`` candidates
+    are pooled; labels start as soon as they are picked, at most ``max_labels_in_flight`` at
+    once; a new model version is trained once ``train_every_labels`` new ok labels are stored.
+    Candidates from a model more than ``max_staleness`` versions behind the newest are dropped.
+    ``stopping.max_iterations`` caps the number of model versions (docs/streaming.md).
+    """
+
+    segment_steps: int = Field(200, ge=1)
+    select_pool_factor: float = Field(2.0, ge=1.0)
+    max_labels_in_flight: int = Field(8, ge=1)
+    train_every_labels: int = Field(8, ge=1)
+    max_staleness: int = Field(1, ge=0)
+    wall_time_limit_s: float | None = Field(None, gt=0)  # of one `ubmd run` (driver) process
+    reports: bool = True  # a report (held-out errors) per model version; needed by the target
+
+
 class EvaluationSpec(_Strict):
     test_set: str | None = None  # labelled extxyz/store of held-out frames for the learning curve
     test_sets: dict[str, str] = {}  # more named held-out sets (e.g. beyond the 300 K basin)
@@ -120,6 +140,9 @@ class CampaignConfig(_Strict):
     labeler: LabelerSpec = LabelerSpec()
     stopping: StoppingSpec = StoppingSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
+    # iterations: train -> explore -> select -> label per iteration; streaming: all at once
+    mode: Literal["iterations", "streaming"] = "iterations"
+    streaming: StreamingSpec = StreamingSpec()
     base_dir: str = "."  # folder of the campaign file; relative paths are resolved against it
 
     @field_validator("name")
@@ -171,7 +194,14 @@ class CampaignConfig(_Strict):
         return self.path(self.directory)
 
     def to_yaml_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"base_dir"})
+        # the default mode and an untouched streaming section are left out, so campaign
+        # directories made before `mode` existed resume (prepare_directory compares this)
+        exclude = {"base_dir"}
+        if self.mode == "iterations":
+            exclude.add("mode")
+        if self.streaming == StreamingSpec():
+            exclude.add("streaming")
+        return self.model_dump(mode="json", exclude=exclude)
 
 
 def parse_campaign(

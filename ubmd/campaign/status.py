@@ -44,6 +44,7 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
             else {},
         }
     return {
+        "streaming": _streaming(layout) if config.get("mode") == "streaming" else None,
         "name": config.get("name"),
         "directory": str(layout.root),
         "iterations": iterations,
@@ -51,6 +52,15 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
         "labels_by_status": counts,
         "ok_labels_by_iteration": by_iteration,
     }
+
+
+def _streaming(layout: CampaignLayout) -> dict[str, Any]:
+    """A streaming campaign: its newest published model and each role's busy/idle time."""
+    from ubmd.campaign.stream_layout import StreamLayout, latest_version
+
+    stream = StreamLayout(layout.root)
+    roles = json.loads(stream.roles.read_text()).get("summary", {}) if stream.roles.exists() else {}
+    return {"model_version": latest_version(stream), "roles": roles}
 
 
 def _phases(layout: CampaignLayout, it: int, config: dict[str, Any]) -> dict[str, str]:
@@ -114,6 +124,13 @@ def render_status(status: dict[str, Any]) -> None:
             "-" if cov is None else f"{cov:.3f}",
         )
     console.print(table)
+    streaming = status.get("streaming")
+    if streaming:
+        from ubmd.campaign.roles import format_roles
+
+        console.print(f"streaming: model v{streaming['model_version']} published")
+        if streaming["roles"]:
+            console.print("roles: " + format_roles(streaming["roles"]))
     final = status.get("final")
     if final is None:
         return

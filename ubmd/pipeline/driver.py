@@ -326,6 +326,10 @@ class Driver:
 
 def run_campaign(config: CampaignConfig, site: SiteConfig, *, live: bool = True) -> RunSummary:
     """Validate, then run (or resume) the campaign on ``site``. Returns what happened."""
+    if config.mode == "streaming":  # no iterations: ubmd.pipeline.streaming
+        from ubmd.pipeline.streaming import run_streaming
+
+        return run_streaming(config, site, live=live)
     import parsl
 
     from ubmd.campaign.validate import prepare_directory, validate_campaign

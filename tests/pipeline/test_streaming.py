@@ -1,0 +1,324 @@
+"""Streaming campaigns (``mode: streaming``): the config section, selection never repeating a
+labelled or in-flight structure, atomic model publication, and a shrunk campaign end to end on
+parsl (HighThroughputExecutor + LocalProvider)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ubmd import keys
+from ubmd.store import StructureStore
+
+pytestmark = pytest.mark.timeout(900)
+
+
+# ---------------------------------------------------------------------- config
+def _campaign_data(tmp_path: Path, **extra) -> dict:
+    from conftest import ROOT
+
+    return {
+        "name": "c",
+        "directory": str(tmp_path / "c"),
+        "systems": [
+            {"name": "ala2", "structure": str(ROOT / "data/ala2/alanine-dipeptide.extxyz")}
+        ],
+        **extra,
+    }
+
+
+def test_mode_defaults_to_iterations_and_leaves_campaign_yaml_unchanged(tmp_path):
+    from ubmd.campaign.config import parse_campaign
+
+    config = parse_campaign(_campaign_data(tmp_path))
+    assert config.mode == "iterations"
+    dumped = config.to_yaml_dict()
+    # directories made before `mode` existed resume: their campaign.yaml has neither key
+    assert "mode" not in dumped and "streaming" not in dumped
+    streaming = parse_campaign(
+        _campaign_data(tmp_path, mode="streaming", streaming={"segment_steps": 50})
+    )
+    assert streaming.streaming.segment_steps == 50
+    assert streaming.to_yaml_dict()["mode"] == "streaming"
+
+
+@pytest.mark.parametrize(
+    ("streaming", "message"),
+    [
+        ({"segment_step": 10}, "did you mean 'segment_steps'"),
+        ({"max_labels_in_flight": 0}, "max_labels_in_flight"),
+        ({"select_pool_factor": 0.5}, "select_pool_factor"),
+        ({"max_staleness": -1}, "max_staleness"),
+    ],
+)
+def test_streaming_section_is_strict(tmp_path, streaming, message):
+    from ubmd.campaign.config import parse_campaign
+    from ubmd.strict import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        parse_campaign(_campaign_data(tmp_path, mode="streaming", streaming=streaming))
+    with pytest.raises(ConfigError, match="mode"):
+        parse_campaign(_campaign_data(tmp_path, mode="stream"))
+
+
+# ---------------------------------------------------------------------- selection
+@pytest.mark.parametrize("method", ["max_det", "max_unc", "max_dist", "random"])
+def test_selection_never_picks_a_labelled_or_in_flight_structure(method):
+    from ubmd.campaign.streaming import pick_batch
+
+    rng = np.random.default_rng(0)
+    n_pool, k = 40, 6
+    pool = rng.normal(size=(n_pool, k))
+    pool_keys = [f"s{i}".encode() for i in range(n_pool)]
+    labelled, in_flight = [0, 5, 9, 17], [3, 22, 30]
+    # the most uncertain, most distant candidates are exactly the taken ones: a selection that
+    # ignored what is labelled or being labelled would pick them first
+    pool[labelled + in_flight] *= 50.0
+    u = np.ones(n_pool)
+    u[labelled + in_flight] = 1e3
+    pool_keys[39] = pool_keys[3]  # the pool repeats an in-flight structure, too
+    taken = {pool_keys[i] for i in labelled + in_flight}
+    cond = pool[labelled + in_flight]
+    for seed in range(5):
+        picked = pick_batch(
+            pool,
+            pool_keys,
+            condition_features=cond,
+            taken=taken,
+            batch_size=8,
+            method=method,
+            uncertainties=u,
+            seed=seed,
+        )
+        assert len(picked) == 8
+        assert not {pool_keys[i] for i in picked} & taken
+        assert len({pool_keys[i] for i in picked}) == 8
+    # all taken: nothing to pick
+    assert len(pick_batch(pool[:1], pool_keys[:1], condition_features=cond, taken=taken,
+                          batch_size=3, method=method)) == 0  # fmt: skip
+
+
+# ---------------------------------------------------------------------- atomic publication
+def test_a_model_version_is_never_read_before_it_is_complete(tmp_path, monkeypatch):
+    from ubmd.campaign import stream_layout
+    from ubmd.campaign.stream_layout import (
+        StreamLayout,
+        latest_version,
+        publish_model,
+        published_versions,
+    )
+
+    layout = StreamLayout(tmp_path)
+    size = 1 << 20
+
+    def content(v: int) -> bytes:
+        return bytes([v % 256]) * size
+
+    def slow_copy(src, dst):  # a writer that takes its time, so readers poll mid-write
+        data = Path(src).read_bytes()
+        with open(dst, "wb") as fh:
+            for start in range(0, len(data), size // 8):
+                fh.write(data[start : start + size // 8])
+                fh.flush()
+                threading.Event().wait(0.002)
+
+    monkeypatch.setattr(stream_layout.shutil, "copyfile", slow_copy)
+    # a writer killed mid-copy leaves its temporary file: it is never a version
+    (layout.base / "models").mkdir(parents=True)
+    (layout.base / "models" / ".v0001.pt.abc123.pt").write_bytes(content(1)[: size // 3])
+    assert published_versions(layout) == [] and latest_version(layout) == 0
+
+    n_versions, seen, errors = 12, [], []
+    done = threading.Event()
+
+    def reader():
+        while not done.is_set():
+            v = latest_version(layout)
+            if v:
+                data = layout.model(v).read_bytes()
+                if data != content(v):
+                    errors.append((v, len(data)))
+                seen.append(v)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for v in range(1, n_versions + 1):
+            src = tmp_path / f"bundle_{v}.pt"
+            src.write_bytes(content(v))
+            publish_model(layout, v, src)
+    finally:
+        done.set()
+        thread.join()
+    assert not errors, f"read a version before it was complete: {errors[:3]}"
+    assert seen and seen == sorted(seen), "versions go forward only"
+    assert published_versions(layout) == list(range(1, n_versions + 1))
+    # publishing again never rewrites a published version
+    publish_model(layout, 3, tmp_path / "bundle_5.pt")
+    assert layout.model(3).read_bytes() == content(3)
+
+
+def test_role_clock_busy_idle(tmp_path):
+    from ubmd.campaign.roles import RoleClock, format_roles, plot_timeline
+
+    clock = RoleClock(runs=[[0.0, 10.0]])
+    clock.add("explore", "segment", (0.0, 4.0))
+    clock.add("explore", "segment", (2.0, 6.0))  # overlapping: busy 6 s, 8 worker-seconds
+    clock.add("label", "label", (7.0, 8.0))
+    s = clock.summary()
+    assert s["explore"] == {"busy_s": 6.0, "idle_s": 4.0, "worker_s": 8.0, "tasks": 2}
+    assert s["label"]["busy_s"] == 1.0 and s["train"]["busy_s"] == 0.0
+    assert "explore busy 60%" in format_roles(s)
+    plot_timeline(clock, tmp_path / "timeline.png")
+    assert (tmp_path / "timeline.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------- end to end
+def _streaming_config(shrunk, name: str, *, budget: int) -> Path:
+    config = shrunk(
+        name=name,
+        iterations=20,
+        mode="streaming",
+        streaming={
+            "segment_steps": 40,
+            "select_pool_factor": 1.0,
+            "max_labels_in_flight": 2,
+            "train_every_labels": 3,
+            "max_staleness": 1,
+        },
+    )
+    data = yaml.safe_load(config.read_text())
+    data["stopping"]["label_budget"] = budget
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    return config
+
+
+def _run(config: Path, timeout: float = 800) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "ubmd.cli", "run", str(config), "--site", "local", "--no-live"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_streaming_campaign_end_to_end(shrunk):
+    config = _streaming_config(shrunk, "stream", budget=6)
+    root = Path(yaml.safe_load(config.read_text())["directory"])
+    res = _run(config)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "label budget reached (6 >= 6)" in res.stdout, res.stdout
+    check = subprocess.run(
+        [sys.executable, "-m", "ubmd.cli", "store", "validate", str(root / "store.h5")],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    with StructureStore.open(root / "store.h5", mode="r") as store:
+        arrays = store.read_arrays()
+        hashes = [h.tobytes() for h in store.content_hashes()]
+    assert len(set(hashes)) == len(hashes), "a structure stored twice"
+    iteration = arrays[keys.ITERATION]
+    assert np.count_nonzero(iteration == 0) == 10  # the initial data
+    assert np.count_nonzero(iteration >= 1) == 6  # exactly the budget: nothing picked beyond it
+    assert all(str(s) == "ok" for s in arrays[keys.STATUS])
+    _check_versions(root, dict(zip(hashes, iteration.tolist(), strict=True)))
+    assert (root / "final" / "model.pt").is_file() and (root / "final" / "report.json").is_file()
+    roles = json.loads((root / "stream" / "roles.json").read_text())["summary"]
+    for role in ("explore", "select", "label", "train"):
+        assert roles[role]["tasks"] >= 1 and roles[role]["busy_s"] > 0, (role, roles)
+    assert (root / "reports" / "timeline.png").stat().st_size > 0
+    status = subprocess.run(
+        [sys.executable, "-m", "ubmd.cli", "status", str(root)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert status.returncode == 0 and "roles: explore busy" in status.stdout, status.stdout
+    # run again: nothing to do, nothing stored twice, the same final model
+    before = (root / "final" / "model.pt").read_bytes()
+    res = _run(config)
+    assert res.returncode == 0, res.stderr[-4000:]
+    with StructureStore.open(root / "store.h5", mode="r") as store:
+        assert len(store) == len(hashes)
+    assert (root / "final" / "model.pt").read_bytes() == before
+
+
+def _check_versions(root: Path, version_of: dict[bytes, int], *, min_versions: int = 2) -> None:
+    """Every active-learning label carries the model version whose explorer found it (the
+    store's iteration column), that version was published, and it matches its pick."""
+    from ubmd.campaign.frames import read_frames, structure_key
+    from ubmd.campaign.stream_layout import StreamLayout, published_versions
+
+    layout = StreamLayout(root)
+    published = published_versions(layout)
+    assert published and published == list(range(1, len(published) + 1))
+    assert len(published) >= min_versions, "no model version trained on streamed labels"
+    picked = 0
+    for p in layout.selections():
+        for atoms in read_frames(layout.selection(p)):
+            key = structure_key(atoms)
+            if key in version_of:
+                assert version_of[key] == atoms.info["iteration"] in published
+                picked += 1
+    assert picked == sum(v >= 1 for v in version_of.values())
+    for path in sorted((root / "stream" / "explore").glob("e*/s*.json")):
+        assert json.loads(path.read_text())["version"] in published, path
+
+
+def test_streaming_resume_after_sigkill_loses_and_repeats_nothing(shrunk):
+    from test_campaign import _kill_group, _start, _wait_for
+
+    from ubmd.campaign.frames import read_frames, structure_key
+    from ubmd.campaign.stream_layout import StreamLayout
+
+    config = _streaming_config(shrunk, "killed", budget=9)
+    root = Path(yaml.safe_load(config.read_text())["directory"])
+    stream = root / "stream"
+    labels_on_disk: dict[Path, int] = {}
+    phases = [
+        ("a finished segment", lambda: list(stream.glob("explore/e*/s*.h5"))),
+        ("a label result", lambda: list(stream.glob("labels/p*/*.npz"))),
+        ("training version 2", lambda: (root / "iter_002" / "models").is_dir()),
+        ("a third selection", lambda: (stream / "select" / "p0002.json").exists()),
+        ("final training", lambda: (root / "final" / "models").is_dir()),
+    ]
+    for what, predicate in phases:
+        proc = _start(config)
+        _wait_for(predicate, proc, what)
+        _kill_group(proc, root)
+        # what a kill leaves behind holds no duplicate, and no label result is ever rewritten
+        if (root / "store.h5").exists():
+            with StructureStore.open(root / "store.h5", mode="r") as store:
+                hashes = [h.tobytes() for h in store.content_hashes()]
+            assert len(set(hashes)) == len(hashes)
+        for path in stream.glob("labels/p*/*.npz"):
+            assert (
+                labels_on_disk.setdefault(path, path.stat().st_mtime_ns) == path.stat().st_mtime_ns
+            )
+    res = _run(config)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "label budget reached (9 >= 9)" in res.stdout, res.stdout
+    for path, mtime in labels_on_disk.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was labelled again after the kill"
+    with StructureStore.open(root / "store.h5", mode="r") as store:
+        arrays = store.read_arrays()
+        hashes = [h.tobytes() for h in store.content_hashes()]
+    assert len(set(hashes)) == len(hashes), "a structure stored twice"
+    assert np.count_nonzero(arrays[keys.ITERATION] >= 1) == 9
+    # every pick was labelled and stored: none lost
+    layout = StreamLayout(root)
+    picks = [
+        structure_key(a) for p in layout.selections() for a in read_frames(layout.selection(p))
+    ]
+    assert set(picks) <= set(hashes) and len(picks) == 9
+    # how many versions were published before the budget was reached depends on timing here
+    # (labels take milliseconds, a kill restarts the training): one at least
+    _check_versions(
+        root, dict(zip(hashes, arrays[keys.ITERATION].tolist(), strict=True)), min_versions=1
+    )
+    assert (root / "final" / "model.pt").is_file()

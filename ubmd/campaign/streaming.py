@@ -1,0 +1,262 @@
+"""The tasks of a streaming campaign (``mode: streaming``): explorer segments and selections.
+
+No parsl here: :mod:`ubmd.pipeline.streaming` wraps these into apps. Training, calibration,
+reports and labels are the iterations-mode tasks (:mod:`ubmd.campaign.steps`), run on a
+snapshot of the store (:mod:`ubmd.campaign.stream_layout`). Every random choice is seeded from
+the campaign seed and the task's number (explorer and segment, selection), and every task
+writes its result atomically and last, so a task run again computes the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ubmd import keys
+from ubmd.campaign.common import as_config, resolve_device, task_seed
+from ubmd.campaign.frames import read_frames, structure_key, write_frames
+from ubmd.campaign.labels import ORIGIN_FIELDS
+from ubmd.campaign.layout import atomic_path
+
+# the step-limit stop: the replica was fine and goes on in the next segment; any other stop
+# (uncertainty, atoms too close, NaN, ...) starts it afresh from a start structure
+CONTINUE_REASON = "max_steps"
+
+
+def segment_task(
+    cfg: dict[str, Any],
+    *,
+    bundle: str,
+    starts: str,
+    previous: str | None,
+    explorer: int,
+    segment: int,
+    out: str,
+    next_out: str,
+) -> dict[str, Any]:
+    """One segment of an explorer: ``streaming.segment_steps`` MD steps with the model ``bundle``
+    for each replica, from where the explorer's previous segment left it (``previous``, its
+    continuation file) or from a start structure. Writes the continuation file, then the
+    candidate file ``out`` (whose existence marks the segment done)."""
+    from ubmd.campaign.exploring import explorer_model
+    from ubmd.campaign.validate import explore_config
+    from ubmd.md.explore import run_explorer
+    from ubmd.md.writer import read_candidates
+
+    config = as_config(cfg)
+    spec = config.exploration
+    device = resolve_device(config.device)
+    ec = explore_config(config, seed=task_seed(config, "segment", explorer, segment))
+    ec = dataclasses.replace(
+        ec, device=device, explorer_id=explorer, n_steps=config.streaming.segment_steps
+    )
+    if device == "cpu":  # as explore_task: an explorer worker keeps its per-step buffers
+        from ubmd.md.allocator import retain_freed_memory
+
+        retain_freed_memory()
+    frames, continued = _segment_starts(config, starts, previous, explorer, segment)
+    model = explorer_model(bundle, device, compile=spec.compile, skin_A=spec.neighbour_skin_A)
+    with atomic_path(out, ".h5") as tmp:
+        tmp.unlink()  # the writer creates its own file
+        summary = run_explorer(ec, model, frames, out_path=tmp, replicas=len(frames))
+        data = read_candidates(tmp)
+        write_frames(next_out, _continuations(data))  # before the candidates mark the end
+    return {
+        "n_frames": len(data[keys.N_ATOMS]),
+        "continued": continued,
+        "wall_time_s": summary.get("wall_time_s"),
+        "compiled": summary.get("compiled"),
+    }
+
+
+def _segment_starts(
+    config: Any, starts: str, previous: str | None, explorer: int, segment: int
+) -> tuple[list[Any], int]:
+    """One start frame per replica: its continuation when it has one, else a start structure
+    drawn from the segment's seed. Returns (frames, how many continue)."""
+    pool = read_frames(starts)
+    replicas = config.exploration.replicas
+    rng = np.random.default_rng(task_seed(config, "segment-starts", explorer, segment))
+    fresh = rng.choice(len(pool), size=replicas, replace=len(pool) < replicas)
+    carry = {}
+    if previous is not None:
+        carry = {int(a.info["replica"]): a for a in read_frames(previous)}
+    frames = []
+    for r in range(replicas):
+        atoms = carry.get(r, pool[int(fresh[r])]).copy()
+        atoms.calc = None
+        atoms.info = {}
+        frames.append(atoms)
+    return frames, sum(r in carry for r in range(replicas))
+
+
+def _continuations(data: dict[str, np.ndarray]) -> list[Any]:
+    """The last frame of each replica that stopped only because the segment ended."""
+    from ubmd.md.writer import candidates_to_atoms
+
+    last: dict[int, int] = {}
+    for i, r in enumerate(np.asarray(data[keys.REPLICA]).tolist()):
+        last[int(r)] = i
+    keep = [i for r, i in sorted(last.items()) if data[keys.STOP_REASON][i] == CONTINUE_REASON]
+    out = []
+    for atoms in candidates_to_atoms(data, keep):
+        clean = atoms.copy()
+        clean.calc = None
+        clean.arrays = {k: v for k, v in clean.arrays.items() if k in ("numbers", "positions")}
+        clean.info = {"replica": int(atoms.info[keys.REPLICA])}
+        out.append(clean)
+    return out
+
+
+def select_stream_task(
+    cfg: dict[str, Any],
+    *,
+    bundle: str,
+    segments: list[str],
+    versions: list[int],
+    condition: str,
+    batch_size: int,
+    pick: int,
+    out: str,
+) -> dict[str, Any]:
+    """Pick up to ``batch_size`` of the pooled candidates of ``segments`` (made by model
+    ``versions``), conditioned on the structures of ``condition`` (labelled, or picked and being
+    labelled). Features come from the newest model ``bundle`` for the pool and the condition
+    alike, so candidates from older versions are compared on one footing."""
+    from ubmd.campaign.validate import selection_settings
+    from ubmd.md.writer import candidates_to_atoms, read_candidates
+    from ubmd.store.batch import atoms_to_arrays
+
+    config = as_config(cfg)
+    device = resolve_device(config.device)
+    frames: list[Any] = []
+    for path, v in zip(segments, versions, strict=True):
+        for atoms in candidates_to_atoms(read_candidates(path)):
+            atoms.info["model_version"] = int(v)
+            frames.append(atoms)
+    cond = read_frames(condition)
+    if not frames:
+        write_frames(out, [])
+        return {"candidates": 0, "selected": 0}
+    pool_feats, pool_u = features_and_uncertainty(bundle, atoms_to_arrays(frames), device)
+    cond_feats = np.zeros((0, pool_feats.shape[1]))
+    if cond:
+        cond_feats = features_and_uncertainty(bundle, atoms_to_arrays(cond), device)[0]
+    chosen = pick_batch(
+        pool_feats,
+        [structure_key(a) for a in frames],
+        condition_features=cond_feats,
+        taken={structure_key(a) for a in cond},
+        batch_size=batch_size,
+        method=config.selection.method,
+        uncertainties=pool_u,
+        seed=task_seed(config, "stream-select", pick),
+        settings=selection_settings(config),
+    )
+    picked = [_picked(frames[i], float(pool_u[i]), config.selection.method) for i in chosen]
+    write_frames(out, picked)
+    return {"candidates": len(frames), "selected": len(picked)}
+
+
+def _picked(atoms: Any, uncertainty: float, method: str) -> Any:
+    info = {k: atoms.info[k] for k in ORIGIN_FIELDS if k in atoms.info}
+    info.update(
+        selection_uncertainty=uncertainty,
+        selection_method=method,
+        # frame files keep provenance fields only: the explorer's model version goes in the
+        # iteration field, which is what its label's store row will say
+        iteration=int(atoms.info["model_version"]),
+    )
+    clean = atoms.copy()
+    clean.calc = None
+    clean.arrays = {k: v for k, v in clean.arrays.items() if k in ("numbers", "positions")}
+    clean.info = info
+    return clean
+
+
+def pick_batch(
+    pool_features: np.ndarray,
+    pool_keys: list[bytes],
+    *,
+    condition_features: np.ndarray,
+    taken: set[bytes],
+    batch_size: int,
+    method: str,
+    uncertainties: np.ndarray | None = None,
+    seed: int = 0,
+    settings: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """Indices into the pool of up to ``batch_size`` picks. A candidate whose structure is in
+    ``taken`` (labelled or being labelled) or repeats an earlier candidate is never picked; the
+    rest are chosen by ``select_batch`` conditioned on ``condition_features``, so a batch does
+    not chase the region an earlier batch, still being labelled, already covers."""
+    import torch
+
+    from ubmd.select import select_batch
+
+    seen: set[bytes] = set(taken)
+    keep = []
+    for i, key in enumerate(pool_keys):
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    if not keep or batch_size < 1:
+        return np.zeros(0, dtype=np.int64)
+    keep_idx = np.asarray(keep)
+    cond = np.asarray(condition_features, dtype=np.float64)
+    result = select_batch(
+        torch.as_tensor(np.asarray(pool_features, dtype=np.float64)[keep_idx]),
+        min(batch_size, len(keep_idx)),
+        method=method,
+        train_features=torch.as_tensor(cond) if len(cond) else None,
+        uncertainties=None if uncertainties is None else torch.as_tensor(uncertainties[keep_idx]),
+        seed=seed,
+        **(settings or {}),
+    )
+    return keep_idx[np.asarray(result.indices, dtype=np.int64)]
+
+
+def features_and_uncertainty(
+    bundle: str, arrays: dict[str, np.ndarray], device: str, *, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """(S, K) structure features and (S,) uncertainties under a bundle's model and estimator."""
+    import torch
+
+    from ubmd.models.data import select
+    from ubmd.models.graph import Graph
+    from ubmd.uncertainty import load_bundle, predict
+
+    model, estimator, _ = load_bundle(bundle, device=device)
+    ref = next(iter(model.members)) if hasattr(model, "members") else model
+    feats, uncs = [], []
+    n = len(arrays[keys.N_ATOMS])
+    for start in range(0, n, batch_size):
+        part = select(arrays, np.arange(start, min(start + batch_size, n)))
+        graph = Graph.from_arrays(
+            part, cutoff=ref.cutoff, device=torch.device(device), dtype=ref.dtype
+        )
+        res = predict(model, graph, estimator, forces=False)
+        feats.append(res[keys.FEATURES].cpu().numpy())
+        uncs.append(res[keys.UNCERTAINTY].cpu().numpy().astype(np.float64))
+    return np.concatenate(feats), np.concatenate(uncs)
+
+
+def condition_frames(store: Any, in_flight: list[Path]) -> list[Any]:
+    """What a selection is conditioned on: every stored structure (ok or failed: either way it
+    is labelled) and every pick of the selection files ``in_flight`` not stored yet."""
+    stored = store.read_atoms()
+    known = {structure_key(a) for a in stored}
+    out = []
+    for atoms in stored:
+        atoms.calc = None
+        atoms.info = {}
+        out.append(atoms)
+    for path in in_flight:
+        for atoms in read_frames(path):
+            if structure_key(atoms) not in known:
+                atoms.info = {}
+                out.append(atoms)
+    return out
