@@ -156,3 +156,20 @@ def test_npt_with_the_bias_stress_on_mil53(tmp_path):
     assert (np.abs(volumes[after][:, None] - starts).min(axis=1) > 0.01).all(), volumes
     final = read_json(layout.final_report)
     assert final["test"]["n_stress"] == 48 and final["test"]["stress_rmse_meV_A3"] > 0
+
+
+def test_no_new_candidates_stops_the_campaign(shrunk, tmp_path):
+    # a threshold no model meets: every replica stops at its first frame, so the candidates are
+    # the start structures; iteration 1 labels the system's start structure, and from
+    # iteration 2 on (start_from: store) every start is labelled already: nothing new to pick
+    def change(d):
+        d["exploration"]["start_from"] = "store"
+        d["exploration"]["settings"]["stop"] = {"max_atomic_uncertainty": 1e-9}
+
+    config = _edit(shrunk(name="nocand", iterations=5), change)
+    res = _run(config)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "iteration 2: no new candidates" in res.stdout, res.stdout[-2000:]
+    layout = CampaignLayout(tmp_path / "nocand")
+    assert list(_iterations(layout.store)).count(1) == 1  # the start structure, labelled once
+    assert layout.final_report.exists()

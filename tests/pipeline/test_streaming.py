@@ -22,9 +22,10 @@ pytestmark = pytest.mark.timeout(900)
 
 
 # ---------------------------------------------------------------------- config
-def _campaign_data(tmp_path: Path, **extra) -> dict:
-    from conftest import ROOT
+ROOT = Path(__file__).resolve().parents[2]
 
+
+def _campaign_data(tmp_path: Path, **extra) -> dict:
     return {
         "name": "c",
         "directory": str(tmp_path / "c"),

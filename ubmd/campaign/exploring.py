@@ -11,7 +11,7 @@ import numpy as np
 from ubmd import keys
 from ubmd.campaign.common import as_config, resolve_device, task_seed
 from ubmd.campaign.config import CampaignConfig
-from ubmd.campaign.frames import _save_npy, read_frames, write_frames
+from ubmd.campaign.frames import _save_npy, read_frames, structure_key, write_frames
 from ubmd.campaign.labels import ORIGIN_FIELDS
 from ubmd.campaign.layout import atomic_path, write_atomic
 from ubmd.campaign.learning import structure_features, training_split
@@ -94,6 +94,21 @@ def explore_task(
     }
 
 
+def _not_stored(frames: list[Any], store_path: str) -> np.ndarray:
+    """Indices of the frames that are neither in the store nor repeats of an earlier frame."""
+    from ubmd.store import StructureStore
+
+    with StructureStore.open(store_path, mode="r") as store:
+        seen = {bytes(h) for h in store.content_hashes()}
+    keep = []
+    for i, atoms in enumerate(frames):
+        key = structure_key(atoms)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return np.asarray(keep, dtype=np.int64)
+
+
 def select_task(
     cfg: dict[str, Any],
     *,
@@ -123,11 +138,16 @@ def select_task(
         if u.size == 0 or not np.all(np.isfinite(u)):  # no total calibration (yet): raw values
             u = np.asarray(data[keys.UNCERTAINTY], dtype=np.float64)
         uncs.append(u)
+    pool = np.concatenate(feats) if feats else np.zeros((0, 0))
+    u = np.concatenate(uncs) if uncs else np.zeros(0)
+    # a candidate already in the store (a stop frame that is a start structure taken from the
+    # store) or repeated in the pool would only be labelled again and skipped as a duplicate
+    new = _not_stored(frames, store_path)
+    n_candidates = len(frames)
+    frames, pool, u = [frames[i] for i in new], pool[new], u[new]
     if not frames:
         write_frames(out, [])
-        return {"candidates": 0, "selected": 0}
-    pool = np.concatenate(feats)
-    u = np.concatenate(uncs)
+        return {"candidates": n_candidates, "selected": 0}
     train, _ = training_split(config, store_path, iteration)
     train_feats = structure_features(bundle, train, device)
     batch = min(config.selection.batch_size, len(frames))
@@ -163,4 +183,4 @@ def select_task(
         suffix=".npy",
     )
     write_frames(out, picked)
-    return {"candidates": len(frames), "selected": len(picked)}
+    return {"candidates": n_candidates, "selected": len(picked)}

@@ -211,6 +211,13 @@ def structure_features(
     bundle: str, arrays: dict[str, np.ndarray], device: str, *, batch_size: int = 64
 ) -> np.ndarray:
     """(S, K) structure features of labelled arrays under a bundle's model and estimator."""
+    return features_and_uncertainty(bundle, arrays, device, batch_size=batch_size)[0]
+
+
+def features_and_uncertainty(
+    bundle: str, arrays: dict[str, np.ndarray], device: str, *, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """(S, K) structure features and (S,) uncertainties under a bundle's model and estimator."""
     import torch
 
     from ubmd.models.data import select
@@ -218,9 +225,8 @@ def structure_features(
     from ubmd.uncertainty import load_bundle, predict
 
     model, estimator, _ = load_bundle(bundle, device=device)
-    members = list(model.members) if hasattr(model, "members") else [model]
-    ref = members[0]
-    out = []
+    ref = next(iter(model.members)) if hasattr(model, "members") else model
+    feats, uncs = [], []
     n = len(arrays[keys.N_ATOMS])
     for start in range(0, n, batch_size):
         part = select(arrays, np.arange(start, min(start + batch_size, n)))
@@ -228,5 +234,8 @@ def structure_features(
             part, cutoff=ref.cutoff, device=torch.device(device), dtype=ref.dtype
         )
         res = predict(model, graph, estimator, forces=False)
-        out.append(res[keys.FEATURES].cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0))
+        feats.append(res[keys.FEATURES].cpu().numpy())
+        uncs.append(res[keys.UNCERTAINTY].cpu().numpy().astype(np.float64))
+    if not feats:
+        return np.zeros((0, 0)), np.zeros(0)
+    return np.concatenate(feats), np.concatenate(uncs)

@@ -20,6 +20,7 @@ from ubmd.campaign.common import as_config, resolve_device, task_seed
 from ubmd.campaign.frames import read_frames, structure_key, write_frames
 from ubmd.campaign.labels import ORIGIN_FIELDS
 from ubmd.campaign.layout import atomic_path
+from ubmd.campaign.learning import features_and_uncertainty
 
 # the step-limit stop: the replica was fine and goes on in the next segment; any other stop
 # (uncertainty, atoms too close, NaN, ...) starts it afresh from a start structure
@@ -217,31 +218,6 @@ def pick_batch(
         **(settings or {}),
     )
     return keep_idx[np.asarray(result.indices, dtype=np.int64)]
-
-
-def features_and_uncertainty(
-    bundle: str, arrays: dict[str, np.ndarray], device: str, *, batch_size: int = 64
-) -> tuple[np.ndarray, np.ndarray]:
-    """(S, K) structure features and (S,) uncertainties under a bundle's model and estimator."""
-    import torch
-
-    from ubmd.models.data import select
-    from ubmd.models.graph import Graph
-    from ubmd.uncertainty import load_bundle, predict
-
-    model, estimator, _ = load_bundle(bundle, device=device)
-    ref = next(iter(model.members)) if hasattr(model, "members") else model
-    feats, uncs = [], []
-    n = len(arrays[keys.N_ATOMS])
-    for start in range(0, n, batch_size):
-        part = select(arrays, np.arange(start, min(start + batch_size, n)))
-        graph = Graph.from_arrays(
-            part, cutoff=ref.cutoff, device=torch.device(device), dtype=ref.dtype
-        )
-        res = predict(model, graph, estimator, forces=False)
-        feats.append(res[keys.FEATURES].cpu().numpy())
-        uncs.append(res[keys.UNCERTAINTY].cpu().numpy().astype(np.float64))
-    return np.concatenate(feats), np.concatenate(uncs)
 
 
 def condition_frames(store: Any, in_flight: list[Path]) -> list[Any]:
