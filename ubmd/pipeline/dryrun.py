@@ -256,15 +256,17 @@ def estimate(
     def train_minutes(epochs: int, n_train: int) -> float:
         return epochs * n_train / 100 * costs.train_s_per_epoch_per_100_structures / 60
 
-    def epochs(it: int) -> int:
+    def epochs(it: int, n_train: int) -> int:
+        from ubmd.models.train import epochs_for
+
         scratch = not spec.warm_start or it <= 1
         scratch = scratch or bool(spec.retrain_every and it % spec.retrain_every == 0)
-        return train_cfg.max_epochs if scratch else fine_cfg.max_epochs
+        return epochs_for(train_cfg if scratch else fine_cfg, n_train).max_epochs
 
     for it in range(1, iterations + 1):
         n_train = n0 + (it - 1) * batch
         minutes = {
-            "train": train_minutes(epochs(it), n_train),
+            "train": train_minutes(epochs(it, n_train), n_train),
             "calibrate": costs.calibrate_minutes,
             "explore": explore_cfg.n_steps
             * config.exploration.replicas
@@ -281,7 +283,9 @@ def estimate(
             tasks += count
     labels = min(config.stopping.label_budget, iterations * batch)
     # the final model: every member once more on every label, then calibrate and report
-    final_h = spec.ensemble_size * train_minutes(epochs(iterations + 1), n0 + labels) / 60
+    final_h = (
+        spec.ensemble_size * train_minutes(epochs(iterations + 1, n0 + labels), n0 + labels) / 60
+    )
     core_h += final_h * _cores(site, "train")
     gpu_h += final_h if site.executors[site.roles["train"]].n_accelerators() else 0.0
     tasks += spec.ensemble_size + 2
@@ -295,7 +299,7 @@ def estimate(
         f"{core_h:.1f} core-hours, {gpu_h:.1f} GPU-hours",
         f"assumed: training {costs.train_s_per_epoch_per_100_structures:g} s per epoch per 100 "
         f"structures x {train_cfg.max_epochs} epochs from scratch, {fine_cfg.max_epochs} "
-        f"fine-tuning (max_epochs); then a final model on every label; MD "
+        f"fine-tuning (max_epochs{_steps_cap(fine_cfg)}); then a final model on every label; MD "
         f"{costs.md_ms_per_step_per_replica:g} ms per step per replica x {explore_cfg.n_steps} "
         f"steps x {config.exploration.replicas} replicas; {per_label:g} min per "
         f"{config.labeler.name} label; calibrate/select/report "
@@ -327,6 +331,10 @@ def format_report(report: DryRunReport) -> str:
     out += ["== estimate"] + [f"  {line}" for line in report.estimate]
     out.append("dry run: nothing was submitted")
     return "\n".join(out)
+
+
+def _steps_cap(cfg: Any) -> str:
+    return "" if cfg.max_steps is None else f", at most {cfg.max_steps} optimizer steps"
 
 
 def load_costs(path: str | os.PathLike[str] | None) -> CostModel:
