@@ -21,6 +21,7 @@ from ubmd.campaign.labels import (
     write_initial_selection,
 )
 from ubmd.campaign.learning import bundle_task, train_task, training_split, warm_start_model
+from ubmd.campaign.streaming import segment_task, select_stream_task
 
 __all__ = [
     "append_label",
@@ -33,6 +34,8 @@ __all__ = [
     "read_frames",
     "report_task",
     "resolve_device",
+    "segment_task",
+    "select_stream_task",
     "select_task",
     "stored_hashes",
     "structure_key",

@@ -74,6 +74,9 @@ class Apps:
         "explore_task": "explore",
         "select_task": "select",
         "report_task": "select",
+        # streaming mode's own tasks (ubmd.campaign.streaming)
+        "segment_task": "explore",
+        "select_stream_task": "select",
     }
 
     def __init__(self, site: SiteConfig) -> None:

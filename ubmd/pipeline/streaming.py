@@ -50,11 +50,11 @@ class StreamingDriver:
     """The event loop of one streaming campaign; the only writer of its store."""
 
     def __init__(
-        self, config: CampaignConfig, apps: Apps, stream_apps: Any, store: Any, display: Display
+        self, config: CampaignConfig, apps: Apps, store: Any, display: Display
     ) -> None:
         self.base = Driver(config, apps, store, display)  # initial labels, final model
         self.config, self.cfg, self.spec = config, self.base.cfg, config.streaming
-        self.apps, self.sapps, self.store, self.display = apps, stream_apps, store, display
+        self.apps, self.store, self.display = apps, store, display
         self.layout = self.base.layout
         self.sl = StreamLayout(self.layout.root)
         self.running: dict[Any, _Task] = {}
@@ -261,7 +261,7 @@ class StreamingDriver:
                 request = {"version": self.state.version, "previous": previous and str(previous)}
                 write_json_atomic(self.sl.segment_request(e, s), request)
             request = read_json(self.sl.segment_request(e, s))
-            fut = self.sapps.segment_task(
+            fut = self.apps.segment_task(
                 self.cfg,
                 bundle=str(self.sl.model(request["version"])),
                 starts=str(self.sl.starts),
@@ -291,7 +291,7 @@ class StreamingDriver:
                 return
         state.pending_selection = None
         request = read_json(self.sl.selection_request(p))
-        fut = self.sapps.select_stream_task(
+        fut = self.apps.select_stream_task(
             self.cfg,
             bundle=str(self.sl.model(request["version"])),
             segments=request["segments"],
@@ -396,7 +396,6 @@ def run_streaming(config: CampaignConfig, site: SiteConfig, *, live: bool = True
     from ubmd.pipeline import watchdog
     from ubmd.pipeline.apps import TaskTracker
     from ubmd.pipeline.sites import make_config
-    from ubmd.pipeline.stream_apps import StreamApps
     from ubmd.store import StructureStore
 
     validate_campaign(config)
@@ -405,12 +404,12 @@ def run_streaming(config: CampaignConfig, site: SiteConfig, *, live: bool = True
     guard = watchdog.start(layout.run_dir / "watchdog.log")
     dfk = parsl.load(make_config(site, layout.run_dir))
     try:
-        apps, stream_apps = Apps(site), StreamApps(site)
+        apps = Apps(site)
         with (
             StructureStore.open(layout.store, mode="a") as store,
             Display(tracker, enabled=live) as display,
         ):
-            return StreamingDriver(config, apps, stream_apps, store, display).run()
+            return StreamingDriver(config, apps, store, display).run()
     finally:
         dfk.cleanup()
         parsl.clear()
