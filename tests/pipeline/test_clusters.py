@@ -234,7 +234,8 @@ def test_block_drains_before_walltime_and_a_new_block_takes_the_rest(slurm, tmp_
     four 6-s tasks on one worker the fourth runs in a second block, not the first one."""
     import parsl
 
-    from ubmd.pipeline.sites import SiteConfig, make_config
+    from ubmd.pipeline.parsl_config import make_config
+    from ubmd.pipeline.sites import SiteConfig
 
     for key in ("SLURM_CONF", "PATH", "PYTHONPATH"):
         monkeypatch.setenv(key, slurm[key])
@@ -264,7 +265,8 @@ def test_mpi_prefix_runs_inside_a_label_block(slurm, tmp_path, monkeypatch):
 
     import parsl
 
-    from ubmd.pipeline.sites import SiteConfig, make_config
+    from ubmd.pipeline.parsl_config import make_config
+    from ubmd.pipeline.sites import SiteConfig
 
     for key in ("SLURM_CONF", "PATH", "PYTHONPATH"):
         monkeypatch.setenv(key, slurm[key])
@@ -292,7 +294,8 @@ def test_one_gpu_per_worker_and_cpu_fallback(tmp_path, monkeypatch):
     CUDA_VISIBLE_DEVICES and device "auto" resolves to CPU, so campaigns still run."""
     import parsl
 
-    from ubmd.pipeline.sites import SiteConfig, make_config
+    from ubmd.pipeline.parsl_config import make_config
+    from ubmd.pipeline.sites import SiteConfig
 
     spec = {"max_workers_per_node": 4, "available_accelerators": ["0", "1"]}
     site = SiteConfig(

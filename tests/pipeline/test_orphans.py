@@ -176,7 +176,8 @@ def _has(procs: list[psutil.Process], text: str) -> bool:
 def test_killed_campaign_driver_leaves_no_process(shrunk, tmp_path):
     """`ubmd run` with parsl's scripts off PATH (a venv not activated), SIGKILLed once its
     interchange and workers run: all of them end within a heartbeat period."""
-    from ubmd.pipeline.sites import load_site, make_config
+    from ubmd.pipeline.parsl_config import make_config
+    from ubmd.pipeline.sites import load_site
 
     heartbeat = make_config(load_site("local"), tmp_path / "hb").executors[0].heartbeat_period
     config = shrunk(name="orphans")

@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ubmd.pipeline.sites import (
-    SITE_DIR,
-    load_site,
-    make_config,
-    shipped_sites,
-    site_dir,
-    worker_command,
-)
+from ubmd.pipeline.parsl_config import make_config, worker_command
+from ubmd.pipeline.sites import SITE_DIR, load_site, shipped_sites, site_dir
 from ubmd.strict import ConfigError
 
 

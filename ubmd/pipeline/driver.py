@@ -23,7 +23,8 @@ from ubmd.campaign.layout import CampaignLayout, read_json
 from ubmd.pipeline import watchdog
 from ubmd.pipeline.apps import Apps, TaskTracker
 from ubmd.pipeline.display import Display
-from ubmd.pipeline.sites import SiteConfig, make_config
+from ubmd.pipeline.parsl_config import make_config
+from ubmd.pipeline.sites import SiteConfig
 
 
 @dataclass

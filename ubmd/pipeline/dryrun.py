@@ -20,7 +20,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ubmd.campaign.config import CampaignConfig
-from ubmd.pipeline.sites import SiteConfig, make_config
+from ubmd.pipeline.parsl_config import make_config
+from ubmd.pipeline.sites import SiteConfig
 
 SUBMIT_COMMAND = {"slurm": "sbatch", "pbspro": "qsub", "torque": "qsub"}
 # stands in for what only exists once the run starts (the interchange picks a free port)

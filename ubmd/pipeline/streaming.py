@@ -49,9 +49,7 @@ class _Task:
 class StreamingDriver:
     """The event loop of one streaming campaign; the only writer of its store."""
 
-    def __init__(
-        self, config: CampaignConfig, apps: Apps, store: Any, display: Display
-    ) -> None:
+    def __init__(self, config: CampaignConfig, apps: Apps, store: Any, display: Display) -> None:
         self.base = Driver(config, apps, store, display)  # initial labels, final model
         self.config, self.cfg, self.spec = config, self.base.cfg, config.streaming
         self.apps, self.store, self.display = apps, store, display
@@ -395,7 +393,7 @@ def run_streaming(config: CampaignConfig, site: SiteConfig, *, live: bool = True
     from ubmd.campaign.validate import prepare_directory, validate_campaign
     from ubmd.pipeline import watchdog
     from ubmd.pipeline.apps import TaskTracker
-    from ubmd.pipeline.sites import make_config
+    from ubmd.pipeline.parsl_config import make_config
     from ubmd.store import StructureStore
 
     validate_campaign(config)
