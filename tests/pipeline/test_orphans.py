@@ -113,11 +113,13 @@ def test_watchdog_ends_what_a_killed_driver_started(tmp_path, other_run):
     dog = _procs([info["watchdog"]])
     try:
         assert len(ours) == 4 and all(_alive(p) for p in ours)
-        time.sleep(0.5)  # a few snapshots (every 0.1 s): the clean-environment child is seen
+        time.sleep(
+            2.0
+        )  # many snapshots (every 0.1 s), also on a loaded machine: the clean-environment child is seen
         t0 = time.monotonic()
         proc.kill()
         proc.wait()
-        left = _gone_within(ours + dog, 5.0)
+        left = _gone_within(ours + dog, 10.0)
         elapsed = time.monotonic() - t0
         assert not left, [p.cmdline() for p in left]
         assert elapsed < 3.0, f"took {elapsed:.1f} s"
