@@ -21,8 +21,9 @@ class Display:
         self.state: dict[str, Any] = {
             "iteration": 0,
             "phase": "starting",
-            "labels_stored": 0,
+            "labels_stored": 0,  # by this run
             "labels_failed": 0,
+            "labels_before": 0,  # already in the store when this run started (a resume)
         }
         self.console = Console(stderr=True)
         self.enabled = enabled and self.console.is_terminal
@@ -65,13 +66,19 @@ class Display:
         )
         line = (
             f"[{time.monotonic() - self._t0:7.1f}s] iteration {s['iteration']} {s['phase']}: "
-            f"labels stored {s['labels_stored']}, failed {s['labels_failed']}"
+            f"labels stored {self._stored()}, failed {s['labels_failed']}"
         )
         if tasks:
             line += f" | tasks {tasks}"
         if s.get("message"):
             line += f" | {s['message']}"
         print(line, file=sys.stderr, flush=True)
+
+    def _stored(self) -> str:
+        s = self.state
+        if not s["labels_before"]:
+            return str(s["labels_stored"])
+        return f"{s['labels_before'] + s['labels_stored']} ({s['labels_stored']} this run)"
 
     def _table(self) -> Table:
         s = self.state
@@ -82,7 +89,7 @@ class Display:
         table.add_column("value")
         table.add_row("iteration", str(s["iteration"]))
         table.add_row("phase", str(s["phase"]))
-        table.add_row("labels stored", str(s["labels_stored"]))
+        table.add_row("labels stored", self._stored())
         table.add_row("label failures", str(s["labels_failed"]))
         for phase, counts in self.tracker.counts().items():
             table.add_row(

@@ -57,6 +57,7 @@ class Driver:
     def run(self) -> RunSummary:
         self._iteration = 0
         t_it = time.time()
+        self.display.update(labels_before=steps.count_labels(self.store))
         steps.import_labelled(self.config, self.store)  # existing labels; duplicates are skipped
         self._label_phase(0)
         self.summary.iteration_spans.append((0, t_it, time.time()))
