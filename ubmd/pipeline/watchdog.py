@@ -14,12 +14,17 @@ write end only the driver holds. At EOF (the driver died, or let go at its norma
 
 with SIGTERM, then SIGKILL for what is left after a grace period, and exits. The token is new for
 every run: the watchdog of a killed run never touches the run that resumes it.
+
+Optionally (``state=``, ``--state``) it keeps a small JSON file saying what it watches: written
+(atomically) once it runs and again whenever the set of descendants it saw changes. A user can
+read there which processes a driver's death would end; a test waits on it instead of a clock.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import select
 import subprocess
@@ -63,13 +68,15 @@ class Watchdog:
 def start(
     log: str | os.PathLike[str] | None = None,
     *,
+    state: str | os.PathLike[str] | None = None,
     grace_s: float = GRACE_S,
     interval_s: float = INTERVAL_S,
 ) -> Watchdog:
     """Start the watchdog of this (driver) process and mark what it starts from now on.
 
     Call before parsl starts anything; call :meth:`Watchdog.stop` at the end. ``log``: a file
-    the watchdog appends what it ended to."""
+    the watchdog appends what it ended to; ``state``: a JSON file it keeps up to date with the
+    descendants it watches (see :func:`write_state`)."""
     token = uuid.uuid4().hex
     read_fd, write_fd = os.pipe()  # not inheritable: only this process holds the write end
     env = {k: v for k, v in os.environ.items() if k != TOKEN_VAR}
@@ -77,6 +84,8 @@ def start(
     command += ["--token", token, "--grace", str(grace_s), "--interval", str(interval_s)]
     if log is not None:
         command += ["--log", str(log)]
+    if state is not None:
+        command += ["--state", str(state)]
     try:
         process = subprocess.Popen(
             command,
@@ -97,11 +106,15 @@ def start(
 
 
 # ------------------------------------------------------------------ the watchdog process
-def watch(fd: int, driver: int, interval: float = INTERVAL_S) -> tuple[dict, Any]:
+def watch(
+    fd: int, driver: int, interval: float = INTERVAL_S, state: Path | None = None
+) -> tuple[dict, Any]:
     """Wait for EOF on ``fd`` or the driver's end. Returns the driver's descendants last seen
     (pid -> psutil.Process), those started after this watchdog (the driver's older children,
     when a test or a benchmark runs the driver in-process, are none of its business), and the
-    driver's psutil.Process (None if it was gone before the watchdog started)."""
+    driver's psutil.Process (None if it was gone before the watchdog started). ``state``: a
+    file to keep what it watches in (:func:`write_state`), after the first snapshot and after
+    each one that changed it."""
     import psutil
 
     try:
@@ -112,6 +125,7 @@ def watch(fd: int, driver: int, interval: float = INTERVAL_S) -> tuple[dict, Any
     if parent.pid != os.getppid():  # the driver died before the watchdog started
         return {}, None
     seen: dict[int, psutil.Process] = {}
+    written: set | None = None  # the snapshot last written to ``state``
     while True:
         ready, _, _ = select.select([fd], [], [], interval)
         if ready and not os.read(fd, 4096):
@@ -120,6 +134,9 @@ def watch(fd: int, driver: int, interval: float = INTERVAL_S) -> tuple[dict, Any
         if not _alive(parent):
             return seen, parent
         _remember(seen, parent, since)
+        if state is not None and (now := _identities(seen)) != written:
+            write_state(state, parent.pid, seen.values())
+            written = now
 
 
 def _remember(seen: dict, parent, since: float) -> None:
@@ -133,6 +150,43 @@ def _remember(seen: dict, parent, since: float) -> None:
                     seen[child.pid] = child
     for pid in [pid for pid, p in seen.items() if not _alive(p)]:
         del seen[pid]
+
+
+def _identities(seen: dict) -> set:
+    import psutil
+
+    identities = set()
+    for pid, p in seen.items():
+        with contextlib.suppress(psutil.Error):
+            identities.add((pid, p.create_time()))  # cached by psutil: no system call
+    return identities
+
+
+def write_state(path: Path, driver: int, watched: Iterable) -> None:
+    """Replace ``path`` (atomically: a reader never sees half a file) by what this watchdog
+    watches: its pid, the driver's, the time, and each descendant it would end should the
+    driver die (``pid``, ``started``: the start time as a Unix time, ``command``). Never
+    raises: the watchdog must outlive a full disk."""
+    import psutil
+
+    procs = []
+    for p in watched:
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(p.cmdline())[:200]
+            procs.append({"pid": p.pid, "started": p.create_time(), "command": command})
+    data = {
+        "watchdog": os.getpid(),
+        "driver": driver,
+        "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "watching": sorted(procs, key=lambda d: d["pid"]),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def carriers(token: str) -> list:
@@ -213,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=GRACE_S)
     parser.add_argument("--interval", type=float, default=INTERVAL_S)
     parser.add_argument("--log", type=Path)
+    parser.add_argument("--state", type=Path)
     args = parser.parse_args(argv)
-    seen, driver = watch(sys.stdin.fileno(), args.driver, args.interval)
+    seen, driver = watch(sys.stdin.fileno(), args.driver, args.interval, args.state)
     spare, how = {os.getpid(), args.driver}, "died"
     if driver is not None and _alive(driver):
         # the normal end: the driver reaps its own children (parsl waits for its interchange;
