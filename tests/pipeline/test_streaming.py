@@ -1,6 +1,7 @@
 """Streaming campaigns (``mode: streaming``): the config section, selection never repeating a
-labelled or in-flight structure, atomic model publication, and a shrunk campaign end to end on
-parsl (HighThroughputExecutor + LocalProvider)."""
+labelled or in-flight structure, atomic model publication, the stopping rules and staleness
+(unit level, no parsl), and a shrunk campaign end to end on parsl (HighThroughputExecutor +
+LocalProvider)."""
 
 from __future__ import annotations
 
@@ -180,6 +181,147 @@ def test_role_clock_busy_idle(tmp_path):
     assert "explore busy 60%" in format_roles(s)
     plot_timeline(clock, tmp_path / "timeline.png")
     assert (tmp_path / "timeline.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------- stopping rules
+def _driver(tmp_path: Path, *, stopping: dict | None = None, streaming: dict | None = None):
+    """A streaming driver over a fresh (empty) state: no parsl, no store, no task."""
+    from types import SimpleNamespace
+
+    from ubmd.campaign.config import parse_campaign
+    from ubmd.campaign.stream_state import StreamState
+    from ubmd.pipeline.streaming import StreamingDriver
+
+    data = _campaign_data(tmp_path, mode="streaming", streaming=streaming or {})
+    data["stopping"] = {"label_budget": 20, "max_iterations": 8, **(stopping or {})}
+    data["selection"] = {"batch_size": 4}
+    config = parse_campaign(data)
+    driver = StreamingDriver(config, None, None, SimpleNamespace(tracker=None))
+    driver.state = StreamState(version=2, ok_in_snapshot=30, n_ok=30)
+    return driver
+
+
+def _write_report(driver, version: int, rmse: float) -> None:
+    from ubmd.campaign.layout import write_json_atomic
+
+    write_json_atomic(driver.layout.report(version), {"test": {"force_rmse_eV_A": rmse}})
+
+
+def test_stop_on_the_label_budget_of_active_learning_labels(tmp_path):
+    import time
+
+    driver = _driver(tmp_path)
+    now = time.monotonic()
+    driver.state.n_ok, driver.state.n_ok_al = 200, 19  # the initial labels do not count
+    assert driver._stop_reason(now) == ""
+    driver.state.n_ok_al = 20
+    assert driver._stop_reason(now) == "label budget reached (20 >= 20)"
+
+
+def test_stop_on_max_iterations_model_versions(tmp_path):
+    import time
+
+    driver = _driver(tmp_path, stopping={"max_iterations": 3})
+    driver.state.version = 2
+    assert driver._stop_reason(time.monotonic()) == ""
+    driver.state.version = 3
+    assert driver._stop_reason(time.monotonic()) == "reached max_iterations = 3 model versions"
+    # and no version beyond the cap is trained (it would take a snapshot of the store: None)
+    driver.state.n_ok = 100
+    driver._schedule_training()
+    assert driver.state.training is None and not driver.running
+
+
+def test_stop_on_the_target_force_rmse_of_the_newest_version(tmp_path):
+    import time
+
+    driver = _driver(tmp_path, stopping={"target_force_rmse_eV_A": 0.05})
+    now = time.monotonic()
+    assert driver._stop_reason(now) == ""  # no report of v2 yet
+    _write_report(driver, 1, 0.01)  # an older version's report does not count
+    assert driver._stop_reason(now) == ""
+    _write_report(driver, 2, 0.051)
+    assert driver._stop_reason(now) == ""
+    _write_report(driver, 2, 0.05)
+    assert driver._stop_reason(now) == "held-out force RMSE 0.0500 <= target 0.05 (v2)"
+    # without a target, reports never stop the campaign
+    plain = _driver(tmp_path)
+    assert plain.layout.report(2).exists() and plain._stop_reason(now) == ""
+
+
+def test_stop_on_the_wall_time_limit(tmp_path):
+    import time
+
+    driver = _driver(tmp_path, streaming={"wall_time_limit_s": 100})
+    assert driver._stop_reason(time.monotonic() - 99.0) == ""
+    assert driver._stop_reason(time.monotonic() - 100.0) == "wall-time limit of 100 s reached"
+    assert _driver(tmp_path)._stop_reason(time.monotonic() - 1e6) == ""  # no limit: none
+
+
+def test_stop_when_starved_only_with_nothing_new_to_train_on(tmp_path):
+    import time
+
+    driver = _driver(tmp_path)
+    now = time.monotonic()
+    driver.starved = "selection 3: no new candidates"
+    assert driver._stop_reason(now) == driver.starved
+    driver.state.n_ok += 1  # a new label: a new model first (new candidates)
+    assert driver._stop_reason(now) == ""
+    driver.state.n_ok -= 1
+    driver.state.outstanding.add((3, 0))  # a label still to come
+    assert driver._stop_reason(now) == ""
+    patient = _driver(tmp_path, stopping={"stop_when_no_candidates": False})
+    patient.starved = driver.starved
+    assert patient._stop_reason(now) == ""
+
+
+def _select_from(driver, monkeypatch, pool: list[tuple[str, int, int]]) -> dict | None:
+    """Run ``_new_selection`` over ``pool`` (file, model version, frames); its request or None."""
+    from ubmd.campaign import frames, streaming
+    from ubmd.campaign.layout import read_json
+
+    monkeypatch.setattr(streaming, "condition_frames", lambda store, in_flight: [])
+    monkeypatch.setattr(frames, "write_frames", lambda path, atoms: None)
+    driver.state.pool = list(pool)
+    p = driver._new_selection(driver.config.selection.batch_size)
+    return None if p is None else read_json(driver.sl.selection_request(p))
+
+
+def test_selection_pools_only_candidates_of_models_within_max_staleness(tmp_path, monkeypatch):
+    driver = _driver(tmp_path, streaming={"max_staleness": 1, "select_pool_factor": 1.0})
+    driver.state.version = 3
+    pool = [("e0/s0", 1, 50), ("e1/s0", 2, 3), ("e0/s1", 3, 3), ("e1/s1", 1, 50)]
+    # only v2 and v3 candidates count towards the pool: 3 of v2 are fewer than 1.0 x batch_size
+    # 4, however many v1 candidates there are ...
+    assert _select_from(driver, monkeypatch, pool[:2] + pool[3:]) is None
+    # ... with v3's 3 they are enough; the v1 segments are dropped, never selected from
+    request = _select_from(driver, monkeypatch, pool)
+    assert request["segments"] == ["e1/s0", "e0/s1"] and request["versions"] == [2, 3]
+    assert request["stale"] == ["e0/s0", "e1/s1"] and request["version"] == 3
+    assert driver.state.pool == []  # taken or dropped: no later selection sees them
+    # max_staleness 0: the newest model's candidates only
+    newest = _driver(tmp_path, streaming={"max_staleness": 0, "select_pool_factor": 1.0})
+    newest.state.version = 3
+    assert _select_from(newest, monkeypatch, [("a", 2, 50), ("b", 3, 2)]) is None
+    request = _select_from(newest, monkeypatch, [("a", 2, 50), ("b", 3, 4)])
+    assert request["segments"] == ["b"] and request["stale"] == ["a"]
+
+
+def test_selection_after_starving_pools_only_the_new_models_candidates(tmp_path, monkeypatch):
+    driver = _driver(tmp_path, streaming={"max_staleness": 2, "select_pool_factor": 1.0})
+    driver.state.version, driver.min_pool_version = 3, 3
+    request = _select_from(driver, monkeypatch, [("a", 2, 50), ("b", 3, 4)])
+    assert request["segments"] == ["b"] and request["stale"] == ["a"]
+
+
+def test_selection_never_asks_for_more_than_the_label_budget_leaves(tmp_path, monkeypatch):
+    driver = _driver(tmp_path, streaming={"select_pool_factor": 1.0})
+    driver.state.n_ok_al = 15
+    driver.state.outstanding = {(0, 0), (0, 1), (0, 2)}
+    request = _select_from(driver, monkeypatch, [("a", 2, 50)])
+    assert request["batch_size"] == 2  # 20 - 15 stored - 3 in flight
+    driver.state.outstanding |= {(1, 0), (1, 1)}
+    assert _select_from(driver, monkeypatch, [("b", 2, 50)]) is None
 
 
 # ---------------------------------------------------------------------- end to end

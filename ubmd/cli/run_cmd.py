@@ -38,7 +38,8 @@ def run(
         False,
         "--dry-run",
         help="Check both files, the labeler and the site; print the batch scripts that would be "
-        "submitted, one iteration's tasks and a core-/GPU-hour estimate. Submits nothing "
+        "submitted, one iteration's tasks and a core-/GPU-hour estimate (mode: streaming: its "
+        "roles and a time-to-budget estimate). Submits nothing "
         "(works without a scheduler, e.g. on a laptop).",
     ),
     costs: Path | None = typer.Option(

@@ -4,7 +4,8 @@ Validates the campaign and the site, checks the labeler (executables, basis and 
 files) and the site's paths where this machine can see them, renders the exact batch script
 each executor's provider would submit (parsl's own provider code, with the submit command
 recorded instead of run), lists one iteration's tasks with their executors and dependencies,
-and estimates tasks and core-/GPU-hours. Works with no scheduler installed.
+and estimates tasks and core-/GPU-hours. Works with no scheduler installed. A ``mode:
+streaming`` campaign gets its roles and a time estimate instead (:mod:`.dryrun_streaming`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class DryRunReport:
     checks: list[tuple[str, str, str]] = field(default_factory=list)  # (what, ok|note, detail)
     scripts: list[BatchScript] = field(default_factory=list)
     dag: list[str] = field(default_factory=list)
+    dag_title: str = "one iteration (after the initial labels)"
     estimate: list[str] = field(default_factory=list)
 
 
@@ -82,6 +84,16 @@ def dry_run(
     )
     _check_site(config, site, report)
     report.scripts = render_batch_scripts(config, site)
+    if config.mode == "streaming":  # no iterations: the roles run at once (docs/streaming.md)
+        from ubmd.pipeline import dryrun_streaming
+
+        report.checks += dryrun_streaming.streaming_checks(config, built)
+        report.dag_title = "streaming roles (mode: streaming): no barrier after model v1"
+        report.dag = dryrun_streaming.streaming_dag(config, site)
+        report.estimate = dryrun_streaming.streaming_estimate(
+            config, site, built, costs or CostModel()
+        )
+        return report
     report.dag = iteration_dag(config, site)
     report.estimate = estimate(config, site, built, costs or CostModel())
     return report
@@ -241,38 +253,19 @@ def estimate(
     fine_cfg = built["fine_tuning"]
     spec = config.model
     n_start = sum(len(f) for f in built["structures"].values())
-    n0 = config.initial_data.random_displacements * len(built["structures"])
+    n0 = initial_labels(config, built)
     iterations = config.stopping.max_iterations
     batch = config.selection.batch_size
-    per_label = costs.label_minutes.get(config.labeler.name)
-    if per_label is None:
-        raise ValueError(
-            f"no label_minutes for labeler {config.labeler.name!r} in the cost model "
-            f"(has: {', '.join(costs.label_minutes)}); add it to the --costs file"
-        )
+    per_label = label_minutes(config, costs)
     core_h = gpu_h = 0.0
     tasks = n0  # the initial labels
     core_h += n0 * per_label / 60 * _cores(site, "label")
-
-    def train_minutes(epochs: int, n_train: int) -> float:
-        return epochs * n_train / 100 * costs.train_s_per_epoch_per_100_structures / 60
-
-    def epochs(it: int, n_train: int) -> int:
-        from ubmd.models.train import epochs_for
-
-        scratch = not spec.warm_start or it <= 1
-        scratch = scratch or bool(spec.retrain_every and it % spec.retrain_every == 0)
-        return epochs_for(train_cfg if scratch else fine_cfg, n_train).max_epochs
-
     for it in range(1, iterations + 1):
         n_train = n0 + (it - 1) * batch
         minutes = {
-            "train": train_minutes(epochs(it, n_train), n_train),
+            "train": train_minutes(config, built, costs, version=it, n_train=n_train),
             "calibrate": costs.calibrate_minutes,
-            "explore": explore_cfg.n_steps
-            * config.exploration.replicas
-            * costs.md_ms_per_step_per_replica
-            / 6e4,
+            "explore": md_minutes(config, costs, n_steps=explore_cfg.n_steps),
             "select": costs.select_minutes,
             "label": per_label,
             "report": costs.report_minutes,
@@ -285,7 +278,9 @@ def estimate(
     labels = min(config.stopping.label_budget, iterations * batch)
     # the final model: every member once more on every label, then calibrate and report
     final_h = (
-        spec.ensemble_size * train_minutes(epochs(iterations + 1, n0 + labels), n0 + labels) / 60
+        spec.ensemble_size
+        * train_minutes(config, built, costs, version=iterations + 1, n_train=n0 + labels)
+        / 60
     )
     core_h += final_h * _cores(site, "train")
     gpu_h += final_h if site.executors[site.roles["train"]].n_accelerators() else 0.0
@@ -309,6 +304,42 @@ def estimate(
     ]
 
 
+# ------------------------------------------------- task durations (also the streaming estimate)
+def initial_labels(config: CampaignConfig, built: dict[str, Any]) -> int:
+    return config.initial_data.random_displacements * len(built["structures"])
+
+
+def label_minutes(config: CampaignConfig, costs: CostModel) -> float:
+    """Minutes of one label with the campaign's labeler (an error if the model has none)."""
+    per_label = costs.label_minutes.get(config.labeler.name)
+    if per_label is None:
+        raise ValueError(
+            f"no label_minutes for labeler {config.labeler.name!r} in the cost model "
+            f"(has: {', '.join(costs.label_minutes)}); add it to the --costs file"
+        )
+    return per_label
+
+
+def train_minutes(
+    config: CampaignConfig, built: dict[str, Any], costs: CostModel, *, version: int, n_train: int
+) -> float:
+    """Minutes of one member's training in iteration (model version) ``version`` on ``n_train``
+    structures: from scratch or fine-tuned as the driver would, epochs capped by max_steps."""
+    from ubmd.models.train import epochs_for
+
+    spec = config.model
+    scratch = not spec.warm_start or version <= 1
+    scratch = scratch or bool(spec.retrain_every and version % spec.retrain_every == 0)
+    cfg = built["train"] if scratch else built["fine_tuning"]
+    epochs = epochs_for(cfg, n_train).max_epochs
+    return epochs * n_train / 100 * costs.train_s_per_epoch_per_100_structures / 60
+
+
+def md_minutes(config: CampaignConfig, costs: CostModel, *, n_steps: int) -> float:
+    """Minutes of one explorer task of ``n_steps`` MD steps of all its replicas."""
+    return n_steps * config.exploration.replicas * costs.md_ms_per_step_per_replica / 6e4
+
+
 def _cores(site: SiteConfig, role: str) -> float:
     return site.executors[site.roles[role]].cores_per_worker
 
@@ -328,7 +359,7 @@ def format_report(report: DryRunReport) -> str:
             f"-- {s.script_path} ({WORKER_PORT} is chosen when the run starts)",
             s.script.rstrip(),
         ]
-    out += ["== one iteration (after the initial labels)"] + [f"  {line}" for line in report.dag]
+    out += [f"== {report.dag_title}"] + [f"  {line}" for line in report.dag]
     out += ["== estimate"] + [f"  {line}" for line in report.estimate]
     out.append("dry run: nothing was submitted")
     return "\n".join(out)
