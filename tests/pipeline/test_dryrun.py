@@ -146,7 +146,6 @@ def test_streaming_dry_run_starts_nothing(shrunk, tmp_path, monkeypatch):
 
     monkeypatch.setattr(parsl, "load", refuse)
     monkeypatch.setattr(parsl.DataFlowKernel, "__init__", refuse)
-    monkeypatch.setattr(streaming, "run_streaming", refuse)
     monkeypatch.setattr(streaming.StreamingDriver, "run", refuse)
     config = _streaming_campaign(shrunk)
     before = sorted(tmp_path.rglob("*"))

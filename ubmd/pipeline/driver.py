@@ -328,20 +328,22 @@ class Driver:
 
 def run_campaign(config: CampaignConfig, site: SiteConfig, *, live: bool = True) -> RunSummary:
     """Validate, then run (or resume) the campaign on ``site``. Returns what happened."""
-    if config.mode == "streaming":  # no iterations: ubmd.pipeline.streaming
-        from ubmd.pipeline.streaming import run_streaming
-
-        return run_streaming(config, site, live=live)
     import parsl
 
     from ubmd.campaign.validate import prepare_directory, validate_campaign
     from ubmd.store import StructureStore
 
+    driver_class: type = Driver
+    if config.mode == "streaming":  # no iterations: roles overlap (ubmd.pipeline.streaming)
+        from ubmd.pipeline.streaming import StreamingDriver
+
+        driver_class = StreamingDriver
     validate_campaign(config)  # every check that can fail before a task is submitted
     layout = prepare_directory(config)
     tracker = TaskTracker()
-    # what parsl starts (interchange, worker pools) ends with this process, even on a SIGKILL
-    guard = watchdog.start(layout.run_dir / "watchdog.log")
+    # what parsl starts (interchange, worker pools) ends with this process, even on a SIGKILL;
+    # watchdog.json says which processes those are while the run lasts
+    guard = watchdog.start(layout.run_dir / "watchdog.log", state=layout.run_dir / "watchdog.json")
     dfk = parsl.load(make_config(site, layout.run_dir))
     try:
         apps = Apps(site)
@@ -349,7 +351,7 @@ def run_campaign(config: CampaignConfig, site: SiteConfig, *, live: bool = True)
             StructureStore.open(layout.store, mode="a") as store,
             Display(tracker, enabled=live) as display,
         ):
-            return Driver(config, apps, store, display).run()
+            return driver_class(config, apps, store, display).run()
     finally:
         dfk.cleanup()
         parsl.clear()

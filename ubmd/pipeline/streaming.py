@@ -34,7 +34,6 @@ from ubmd.campaign.stream_state import label_record, scan
 from ubmd.pipeline.apps import Apps
 from ubmd.pipeline.display import Display
 from ubmd.pipeline.driver import Driver, RunSummary
-from ubmd.pipeline.sites import SiteConfig
 
 SAVE_ROLES_EVERY_S = 10.0  # how often the role clock is written while running
 
@@ -384,31 +383,3 @@ class StreamingDriver:
 
     def _key_of(self, path: Any) -> tuple[int, int]:
         return int(path.parent.name[1:]), int(path.stem)
-
-
-def run_streaming(config: CampaignConfig, site: SiteConfig, *, live: bool = True) -> RunSummary:
-    """Validate, then run (or resume) a streaming campaign on ``site``."""
-    import parsl
-
-    from ubmd.campaign.validate import prepare_directory, validate_campaign
-    from ubmd.pipeline import watchdog
-    from ubmd.pipeline.apps import TaskTracker
-    from ubmd.pipeline.parsl_config import make_config
-    from ubmd.store import StructureStore
-
-    validate_campaign(config)
-    layout = prepare_directory(config)
-    tracker = TaskTracker()
-    guard = watchdog.start(layout.run_dir / "watchdog.log")
-    dfk = parsl.load(make_config(site, layout.run_dir))
-    try:
-        apps = Apps(site)
-        with (
-            StructureStore.open(layout.store, mode="a") as store,
-            Display(tracker, enabled=live) as display,
-        ):
-            return StreamingDriver(config, apps, store, display).run()
-    finally:
-        dfk.cleanup()
-        parsl.clear()
-        guard.stop()
