@@ -182,6 +182,26 @@ def test_shrunk_quickstart_end_to_end(shrunk):
     assert status.returncode == 0 and "ok" in status.stdout
     assert f"final model: {root / 'final' / 'model.pt'}" in status.stdout
     assert f"{len(content)} labels in the store" in status.stdout
+    _check_roles(root, status.stdout, n_labels=len(content), members=len(members))
+
+
+def _check_roles(root: Path, status: str, *, n_labels: int, members: int) -> None:
+    """Every task's span by role, as a streaming campaign records them: every label task
+    (initial and selected), 2 explorers x 2 iterations, training (members + calibration) per
+    iteration and for the final model; no role busier than the run was long."""
+    roles = json.loads((root / "reports" / "roles.json").read_text())
+    summary, spans = roles["summary"], roles["spans"]
+    assert summary["label"]["tasks"] == n_labels
+    assert summary["explore"]["tasks"] == 2 * 2
+    assert summary["train"]["tasks"] == 3 * (members + 1)  # iterations 1, 2, final; calibrate
+    assert summary["select"]["tasks"] == 2
+    wall = sum(b - a for a, b in roles["runs"])
+    for role, s in summary.items():
+        assert 0 <= s["busy_s"] <= wall + 1e-6, role
+        assert abs(s["busy_s"] + s["idle_s"] - wall) < 1e-2, role
+    assert all(s["end"] >= s["start"] for s in spans)
+    assert (root / "reports" / "timeline.png").stat().st_size > 1000
+    assert "roles: explore busy" in status
 
 
 def _check_reports(root: Path, data: dict, n_labels: int) -> None:

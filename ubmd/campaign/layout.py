@@ -107,6 +107,11 @@ class CampaignLayout:
     def reports(self) -> Path:
         return self.root / "reports"
 
+    @property
+    def roles(self) -> Path:
+        """Busy and idle time per role and every task's span (``ubmd.campaign.roles``)."""
+        return self.reports / "roles.json"
+
     def iteration(self, i: int) -> Path:
         return self.root / f"iter_{i:03d}"
 

@@ -2,7 +2,8 @@
 
 The driver records when each task's body ran (the worker's clock, seconds since the epoch) and
 when each driver run started and ended; a role is busy while at least one of its tasks runs.
-Kept in ``stream/roles.json`` (rewritten atomically) so that a resumed run adds to it, shown by
+An iterations-mode campaign keeps the same record (``reports/roles.json``), so that the two
+modes compare. Kept in ``stream/roles.json`` (rewritten atomically) so that a resumed run adds to it, shown by
 ``ubmd status`` and drawn as a timeline (``reports/timeline.png``).
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from ubmd.campaign.layout import atomic_path, read_json, write_json_atomic
 
 ROLES = ("explore", "select", "label", "train", "report")
+PHASE_ROLE = {"calibrate": "train"}  # the driver's phases that are not role names
 
 
 @dataclass
@@ -36,6 +38,11 @@ class RoleClock:
 
     def add(self, role: str, task: str, body: tuple[float, float]) -> None:
         self.spans.append({"role": role, "task": task, "start": body[0], "end": body[1]})
+
+    def add_phases(self, spans: list[tuple[int, str, float, float]]) -> None:
+        """The driver's (iteration, phase, start, end) task spans; calibrating is training."""
+        for _, phase, t0, t1 in spans:
+            self.add(PHASE_ROLE.get(phase, phase), phase, (t0, t1))
 
     def save(self, path: Path) -> None:
         if self.runs:

@@ -45,6 +45,7 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
         }
     return {
         "streaming": _streaming(layout) if config.get("mode") == "streaming" else None,
+        "roles": _roles(layout.roles),
         "name": config.get("name"),
         "directory": str(layout.root),
         "iterations": iterations,
@@ -54,13 +55,16 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
     }
 
 
+def _roles(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()).get("summary", {}) if path.exists() else {}
+
+
 def _streaming(layout: CampaignLayout) -> dict[str, Any]:
     """A streaming campaign: its newest published model and each role's busy/idle time."""
     from ubmd.campaign.stream_layout import StreamLayout, latest_version
 
     stream = StreamLayout(layout.root)
-    roles = json.loads(stream.roles.read_text()).get("summary", {}) if stream.roles.exists() else {}
-    return {"model_version": latest_version(stream), "roles": roles}
+    return {"model_version": latest_version(stream), "roles": _roles(stream.roles)}
 
 
 def _phases(layout: CampaignLayout, it: int, config: dict[str, Any]) -> dict[str, str]:
@@ -124,13 +128,14 @@ def render_status(status: dict[str, Any]) -> None:
             "-" if cov is None else f"{cov:.3f}",
         )
     console.print(table)
+    from ubmd.campaign.roles import format_roles
+
     streaming = status.get("streaming")
     if streaming:
-        from ubmd.campaign.roles import format_roles
-
         console.print(f"streaming: model v{streaming['model_version']} published")
-        if streaming["roles"]:
-            console.print("roles: " + format_roles(streaming["roles"]))
+    roles = (streaming or {}).get("roles") or status.get("roles")
+    if roles:
+        console.print("roles: " + format_roles(roles))
     final = status.get("final")
     if final is None:
         return

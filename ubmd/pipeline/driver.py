@@ -20,6 +20,7 @@ from typing import Any
 from ubmd.campaign import steps
 from ubmd.campaign.config import CampaignConfig
 from ubmd.campaign.layout import CampaignLayout, read_json
+from ubmd.campaign.roles import RoleClock, plot_timeline
 from ubmd.pipeline import watchdog
 from ubmd.pipeline.apps import Apps, TaskTracker
 from ubmd.pipeline.display import Display
@@ -55,6 +56,9 @@ class Driver:
 
     # -------------------------------------------------------------------- the loop
     def run(self) -> RunSummary:
+        # each task's span by role, as a streaming campaign records them: the modes compare
+        self.clock = RoleClock.load(self.layout.roles)
+        self.clock.start_run()
         self._iteration = 0
         t_it = time.time()
         self.display.update(labels_before=steps.count_labels(self.store))
@@ -82,8 +86,10 @@ class Driver:
             self._report_phase(it)
             self.summary.iterations_done = it
             self.summary.iteration_spans.append((it, t_it, time.time()))
+            self._save_roles(plot=False)
             it += 1
         self._final_phase()
+        self._save_roles(plot=True)
         self.display.update(phase="finished", message=self.summary.stop_reason)
         return self.summary
 
@@ -100,6 +106,13 @@ class Driver:
             if rmse is not None and rmse <= stopping.target_force_rmse_eV_A:
                 return f"held-out force RMSE {rmse:.4f} <= target {stopping.target_force_rmse_eV_A}"
         return ""
+
+    def _save_roles(self, *, plot: bool) -> None:
+        self.clock.add_phases(self.summary.body_spans)
+        self.summary.body_spans.clear()
+        self.clock.save(self.layout.roles)
+        if plot:
+            plot_timeline(self.clock, self.layout.reports / "timeline.png")
 
     # -------------------------------------------------------------------- phases
     def _timed(self, phase: str, t0: float) -> None:

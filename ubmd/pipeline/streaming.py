@@ -152,9 +152,7 @@ class StreamingDriver:
 
     def _clock_base_spans(self) -> None:
         """Move the spans of what the base driver ran (initial labels, final model) to the clock."""
-        role = {"calibrate": "train"}
-        for _, phase, t0, t1 in self.summary.body_spans:
-            self.clock.add(role.get(phase, phase), phase, (t0, t1))
+        self.clock.add_phases(self.summary.body_spans)
         self.summary.body_spans.clear()
 
     def _submit(self, role: str, kind: str, future: Any, **data: Any) -> None:
