@@ -11,9 +11,9 @@ import numpy as np
 from ubmd import keys
 from ubmd.campaign.common import as_config, resolve_device, task_seed
 from ubmd.campaign.config import CampaignConfig
-from ubmd.campaign.frames import _save_npy, read_frames, structure_key, write_frames
+from ubmd.campaign.frames import read_frames, structure_key, write_frames, write_npy
 from ubmd.campaign.labels import ORIGIN_FIELDS
-from ubmd.campaign.layout import atomic_path, write_atomic
+from ubmd.campaign.layout import atomic_path
 from ubmd.campaign.learning import structure_features, training_split
 
 
@@ -119,16 +119,44 @@ def select_task(
     out: str,
 ) -> dict[str, Any]:
     """Pool every explorer's candidates and pick the batch (conditioned on the training set)."""
-    import torch
-
-    from ubmd.campaign.validate import selection_settings
-    from ubmd.md.writer import candidates_to_atoms, read_candidates
-    from ubmd.select import select_batch
-
     config = as_config(cfg)
     device = resolve_device(config.device)
+    frames, pool, u = _pooled_candidates(candidates)
+    # a candidate already in the store (a stop frame that is a start structure taken from the
+    # store) or repeated in the pool would only be labelled again and skipped as a duplicate
+    new = _not_stored(frames, store_path)
+    n_candidates = len(frames)
+    frames, pool, u = [frames[i] for i in new], pool[new], u[new]
+    if not frames:
+        write_frames(out, [])
+        return {"candidates": n_candidates, "selected": 0}
+    picks = _batch_indices(
+        config,
+        bundle=bundle,
+        store_path=store_path,
+        iteration=iteration,
+        pool=pool,
+        uncertainties=u,
+        batch_size=min(config.selection.batch_size, len(frames)),
+        device=device,
+    )
+    method = config.selection.method
+    picked = [
+        _selected_frame(frames[i], candidate=int(i), uncertainty=float(u[i]), method=method)
+        for i in picks
+    ]
+    # the candidates' uncertainties (for the report's histogram) first: the selection file marks done
+    write_npy(Path(out).with_suffix(".uncertainty.npy"), u)
+    write_frames(out, picked)
+    return {"candidates": n_candidates, "selected": len(picked)}
+
+
+def _pooled_candidates(paths: list[str]) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Frames, features and uncertainties of every candidate file, concatenated in order."""
+    from ubmd.md.writer import candidates_to_atoms, read_candidates
+
     frames, feats, uncs = [], [], []
-    for path in candidates:
+    for path in paths:
         data = read_candidates(path)
         if not len(data[keys.N_ATOMS]):
             continue
@@ -140,47 +168,48 @@ def select_task(
         uncs.append(u)
     pool = np.concatenate(feats) if feats else np.zeros((0, 0))
     u = np.concatenate(uncs) if uncs else np.zeros(0)
-    # a candidate already in the store (a stop frame that is a start structure taken from the
-    # store) or repeated in the pool would only be labelled again and skipped as a duplicate
-    new = _not_stored(frames, store_path)
-    n_candidates = len(frames)
-    frames, pool, u = [frames[i] for i in new], pool[new], u[new]
-    if not frames:
-        write_frames(out, [])
-        return {"candidates": n_candidates, "selected": 0}
+    return frames, pool, u
+
+
+def _batch_indices(
+    config: CampaignConfig,
+    *,
+    bundle: str,
+    store_path: str,
+    iteration: int,
+    pool: np.ndarray,
+    uncertainties: np.ndarray,
+    batch_size: int,
+    device: str,
+) -> list[int]:
+    """Pool rows the campaign's selection method picks, conditioned on the training set."""
+    import torch
+
+    from ubmd.campaign.validate import selection_settings
+    from ubmd.select import select_batch
+
     train, _ = training_split(config, store_path, iteration)
     train_feats = structure_features(bundle, train, device)
-    batch = min(config.selection.batch_size, len(frames))
     result = select_batch(
         torch.as_tensor(pool),
-        batch,
+        batch_size,
         method=config.selection.method,
         train_features=torch.as_tensor(train_feats),
-        uncertainties=torch.as_tensor(u),
+        uncertainties=torch.as_tensor(uncertainties),
         seed=task_seed(config, "select", iteration),
         **selection_settings(config),
     )
-    picked = []
-    for i in np.asarray(result.indices).tolist():
-        atoms = frames[i]
-        info = {k: atoms.info[k] for k in ORIGIN_FIELDS if k in atoms.info}
-        info.update(
-            selection_uncertainty=float(u[i]),
-            selection_method=config.selection.method,
-            candidate=int(i),
-        )
-        clean = atoms.copy()
-        clean.calc = None
-        for name in list(clean.arrays):
-            if name not in ("numbers", "positions"):
-                del clean.arrays[name]
-        clean.info = info
-        picked.append(clean)
-    # the candidates' uncertainties (for the report's histogram) first: the selection file marks done
-    write_atomic(
-        Path(out).with_suffix(".uncertainty.npy"),
-        lambda tmp: _save_npy(tmp, u),
-        suffix=".npy",
-    )
-    write_frames(out, picked)
-    return {"candidates": n_candidates, "selected": len(picked)}
+    return np.asarray(result.indices).tolist()
+
+
+def _selected_frame(atoms: Any, *, candidate: int, uncertainty: float, method: str) -> Any:
+    """A picked frame ready to label: numbers and positions, its origin and why it was picked."""
+    info = {k: atoms.info[k] for k in ORIGIN_FIELDS if k in atoms.info}
+    info.update(selection_uncertainty=uncertainty, selection_method=method, candidate=candidate)
+    clean = atoms.copy()
+    clean.calc = None
+    for name in list(clean.arrays):
+        if name not in ("numbers", "positions"):  # per-frame model outputs are not labels
+            del clean.arrays[name]
+    clean.info = info
+    return clean

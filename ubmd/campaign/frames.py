@@ -29,6 +29,11 @@ def _save_npy(path: Path, values: np.ndarray) -> None:
         np.save(fh, values)
 
 
+def write_npy(path: str | os.PathLike[str], values: np.ndarray) -> None:
+    """A .npy file, written atomically."""
+    write_atomic(path, lambda tmp: _save_npy(tmp, values), suffix=".npy")
+
+
 def count_frames(path: str | os.PathLike[str]) -> int:
     return len(read_frames(path))
 

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ubmd.cli.errors import user_errors
+
+if TYPE_CHECKING:  # heavy imports happen inside the command (`ubmd --help` stays fast)
+    from ase import Atoms
+
+    from ubmd.labelers.base import Labeler, LabelResult
+    from ubmd.labelers.retry import RetryPolicy
+    from ubmd.store import Provenance
 
 _HELP = (
     "Label structures with a reference code and append them to a store.\n\n"
@@ -59,58 +67,93 @@ def label_cmd(
     ),
 ) -> None:
     with user_errors():
-        import dataclasses
-
         from ubmd.inputs import read_checked
-        from ubmd.labelers import labeler_class
-        from ubmd.labelers.retry import RetryPolicy, label_with_retries
-        from ubmd.store import Provenance, StructureStore
+        from ubmd.labelers.retry import RetryPolicy
 
-        cls = labeler_class(labeler)
-        options = _read_settings(settings)
-        if command is not None:
-            if "command" not in cls.Settings.model_fields:
-                raise ValueError(f"--command does not apply to the in-process labeler {labeler!r}")
-            options["command"] = command
-        if timeout_s is not None:
-            options["timeout_s"] = timeout_s
-        lab = cls(**options)
+        lab = _make_labeler(labeler, settings=settings, command=command, timeout_s=timeout_s)
         frames = [(path, atoms) for path in structures for atoms in read_checked(path)]
         for _, atoms in frames:  # every setup problem surfaces before the first run
             lab.check(atoms)
         policy = RetryPolicy(max_attempts=max_attempts)
-        n_ok = n_failed = n_dup = 0
-        with StructureStore.open(store, mode="a") as st:
-            for i, (path, atoms) in enumerate(frames):
-                result = label_with_retries(
-                    lab, atoms, workdir=workdir / f"{lab.name}_{i:05d}", policy=policy
-                )
-                prov = Provenance.from_info(atoms.info)
-                prov = dataclasses.replace(
-                    prov,
-                    labeler=lab.name,
-                    labeler_hash=result.settings_hash,
-                    status=result.status,
-                    reason=result.reason,
-                    wall_time_s=result.wall_time_s,
-                    iteration=prov.iteration if iteration is None else iteration,
-                )
-                appended = st.append([result.to_atoms()], provenance=[prov])
-                n_dup += len(appended.duplicates)
-                if result.ok:
-                    n_ok += 1
-                    msg = f"ok     E = {result.energy:.6f} eV"
-                else:
-                    n_failed += 1
-                    msg = f"failed {result.reason}"
-                typer.echo(
-                    f"[{i + 1}/{len(frames)}] {path.name}: {msg} "
-                    f"({result.wall_time_s:.2f} s, {result.attempts} attempt(s))"
-                )
+        n_ok, n_failed, n_dup = _label_into_store(
+            lab, frames, store=store, workdir=workdir, policy=policy, iteration=iteration
+        )
         dup = f", {n_dup} already in the store (skipped)" if n_dup else ""
         typer.echo(
             f"labeled {len(frames)} structures: {n_ok} ok, {n_failed} failed{dup} -> {store}"
         )
+
+
+def _make_labeler(
+    name: str, *, settings: Path | None, command: str | None, timeout_s: float | None
+) -> Labeler:
+    """The labeler ``name`` with the settings file's settings and the command-line ones."""
+    from ubmd.labelers import labeler_class
+
+    cls = labeler_class(name)
+    options = _read_settings(settings)
+    if command is not None:
+        if "command" not in cls.Settings.model_fields:
+            raise ValueError(f"--command does not apply to the in-process labeler {name!r}")
+        options["command"] = command
+    if timeout_s is not None:
+        options["timeout_s"] = timeout_s
+    return cls(**options)
+
+
+def _label_into_store(
+    lab: Labeler,
+    frames: list[tuple[Path, Atoms]],
+    *,
+    store: Path,
+    workdir: Path,
+    policy: RetryPolicy,
+    iteration: int | None,
+) -> tuple[int, int, int]:
+    """Label every frame (one line each) and append it to ``store``; (ok, failed, duplicates)."""
+    from ubmd.labelers.retry import label_with_retries
+    from ubmd.store import StructureStore
+
+    n_ok = n_failed = n_dup = 0
+    with StructureStore.open(store, mode="a") as st:
+        for i, (path, atoms) in enumerate(frames):
+            result = label_with_retries(
+                lab, atoms, workdir=workdir / f"{lab.name}_{i:05d}", policy=policy
+            )
+            prov = _label_provenance(atoms, result, labeler=lab.name, iteration=iteration)
+            appended = st.append([result.to_atoms()], provenance=[prov])
+            n_dup += len(appended.duplicates)
+            if result.ok:
+                n_ok += 1
+                msg = f"ok     E = {result.energy:.6f} eV"
+            else:
+                n_failed += 1
+                msg = f"failed {result.reason}"
+            typer.echo(
+                f"[{i + 1}/{len(frames)}] {path.name}: {msg} "
+                f"({result.wall_time_s:.2f} s, {result.attempts} attempt(s))"
+            )
+    return n_ok, n_failed, n_dup
+
+
+def _label_provenance(
+    atoms: Atoms, result: LabelResult, *, labeler: str, iteration: int | None
+) -> Provenance:
+    """The frame's own provenance with the label's outcome (and --iteration, if given)."""
+    import dataclasses
+
+    from ubmd.store import Provenance
+
+    prov = Provenance.from_info(atoms.info)
+    return dataclasses.replace(
+        prov,
+        labeler=labeler,
+        labeler_hash=result.settings_hash,
+        status=result.status,
+        reason=result.reason,
+        wall_time_s=result.wall_time_s,
+        iteration=prov.iteration if iteration is None else iteration,
+    )
 
 
 def _read_settings(path: Path | None) -> dict:

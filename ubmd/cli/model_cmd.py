@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ubmd.cli.errors import user_errors
+
+if TYPE_CHECKING:  # heavy imports happen inside the commands (`ubmd --help` stays fast)
+    from rich.console import Console
+
+    from ubmd.models.train import TrainConfig
+    from ubmd.uncertainty import UncertaintyConfig
 
 _TRAIN_HELP = (
     "Train a potential (or an ensemble) on labelled structures and save it.\n\n"
@@ -150,8 +158,6 @@ def train(
 
         from ubmd.devices import check_device_here
         from ubmd.models import data as mdata
-        from ubmd.models import save_model
-        from ubmd.models.train import train_ensemble, train_model
 
         console = Console()
         cfg = _load_config(
@@ -168,63 +174,135 @@ def train(
         valid_data = mdata.labelled_arrays([str(p) for p in valid]) if valid else None
         cal_arrays = None
         if ucfg is not None:
-            if calibration_data:
-                cal_arrays = mdata.labelled_arrays([str(p) for p in calibration_data])
-                need = _need_calibration_points(alpha)
-                if len(cal_arrays["n_atoms"]) < need:
-                    raise ValueError(
-                        f"--calibration-data holds {len(cal_arrays['n_atoms'])} structures; "
-                        f"conformal calibration at --alpha {alpha} needs at least {need}"
-                    )
-            else:
-                fraction = 0.2 if calibration_fraction is None else calibration_fraction
-                arrays, cal_arrays = _calibration_split(arrays, fraction, alpha, cfg.seed)
-        held = ""
-        if cal_arrays is not None:
-            n_cal = len(cal_arrays["n_atoms"])
-            held = (
-                f", calibrating on the {n_cal} of --calibration-data"
-                if calibration_data
-                else f", {n_cal} held out to calibrate"
+            arrays, cal_arrays = _calibration_arrays(
+                arrays, calibration_data, calibration_fraction, alpha=alpha, seed=cfg.seed
             )
-        console.print(
-            f"training {cfg.model} on {len(arrays['n_atoms'])} structures{held} "
-            f"({'ensemble of ' + str(ensemble) if ensemble > 1 else 'single model'}, "
-            f"device {cfg.resolved_device()}, {cfg.dtype})"
-        )
-
-        def log(record: dict) -> None:
-            if not quiet:
-                member = f"member {record['member']}  " if "member" in record else ""
-                console.print(
-                    f"{member}epoch {record['epoch']:4d}  train {record['train_loss']:.4g}  "
-                    f"valid {record['valid_loss']:.4g}  F-RMSE {record['valid_forces_rmse']:.4f} eV/Å  "
-                    f"lr {record['lr']:.2g}",
-                    highlight=False,
-                )
-
-        if ensemble == 1:
-            net, history = train_model(cfg, arrays, valid_data=valid_data, checkpoint_dir=checkpoint_dir, log=log)  # fmt: skip
-            histories = [history]
-        else:
-            net, histories = train_ensemble(cfg, arrays, ensemble, valid_data=valid_data, checkpoint_dir=checkpoint_dir, log=log)  # fmt: skip
-        out.parent.mkdir(parents=True, exist_ok=True)
-        extra = {"train_config": {k: str(v) for k, v in cfg.to_dict().items()}}
-        fitted = None
-        if ucfg is None:
-            save_model(out, net, extra=extra)
-        else:
-            fitted = _fit_and_save(out, net, ucfg, arrays, cal_arrays, alpha, extra)
-        best = [min(h, key=lambda r: r["valid_loss"]) for h in histories]
-        for m, b in enumerate(best):
-            console.print(
-                f"member {m}: best epoch {b['epoch']}, valid force RMSE {b['valid_forces_rmse']:.4f} eV/Å, "
-                f"energy RMSE {b['valid_energy_rmse'] * 1000:.2f} meV/atom",
-                highlight=False,
-            )
+        console.print(_training_line(cfg, arrays, cal_arrays, ensemble=ensemble,
+                                     from_calibration_data=bool(calibration_data)))  # fmt: skip
+        log = _epoch_logger(console, quiet=quiet)
+        net, histories = _train_net(cfg, arrays, ensemble=ensemble, valid_data=valid_data,
+                                    checkpoint_dir=checkpoint_dir, log=log)  # fmt: skip
+        fitted = _save_trained(out, net, cfg, ucfg=ucfg, arrays=arrays, cal_arrays=cal_arrays,
+                               alpha=alpha)  # fmt: skip
+        _print_best(console, histories)
         if fitted is not None:
             console.print(fitted, highlight=False, markup=False)
         console.print(f"wrote {out}")
+
+
+def _calibration_arrays(
+    arrays: dict,
+    calibration_data: list[Path] | None,
+    calibration_fraction: float | None,
+    *,
+    alpha: float,
+    seed: int,
+) -> tuple[dict, dict]:
+    """(training arrays, calibration arrays): --calibration-data's structures (then all of
+    DATA trains), or --calibration-fraction of DATA held out (default 0.2)."""
+    from ubmd.models import data as mdata
+
+    if not calibration_data:
+        fraction = 0.2 if calibration_fraction is None else calibration_fraction
+        return _calibration_split(arrays, fraction, alpha, seed)
+    cal_arrays = mdata.labelled_arrays([str(p) for p in calibration_data])
+    need = _need_calibration_points(alpha)
+    if len(cal_arrays["n_atoms"]) < need:
+        raise ValueError(
+            f"--calibration-data holds {len(cal_arrays['n_atoms'])} structures; "
+            f"conformal calibration at --alpha {alpha} needs at least {need}"
+        )
+    return arrays, cal_arrays
+
+
+def _training_line(
+    cfg: TrainConfig,
+    arrays: dict,
+    cal_arrays: dict | None,
+    *,
+    ensemble: int,
+    from_calibration_data: bool,
+) -> str:
+    """What is about to be trained, on how much data, where."""
+    held = ""
+    if cal_arrays is not None:
+        n_cal = len(cal_arrays["n_atoms"])
+        held = (
+            f", calibrating on the {n_cal} of --calibration-data"
+            if from_calibration_data
+            else f", {n_cal} held out to calibrate"
+        )
+    return (
+        f"training {cfg.model} on {len(arrays['n_atoms'])} structures{held} "
+        f"({'ensemble of ' + str(ensemble) if ensemble > 1 else 'single model'}, "
+        f"device {cfg.resolved_device()}, {cfg.dtype})"
+    )
+
+
+def _epoch_logger(console: Console, *, quiet: bool) -> Callable[[dict], None]:
+    """The per-epoch progress line (nothing with --quiet)."""
+
+    def log(record: dict) -> None:
+        if not quiet:
+            member = f"member {record['member']}  " if "member" in record else ""
+            console.print(
+                f"{member}epoch {record['epoch']:4d}  train {record['train_loss']:.4g}  "
+                f"valid {record['valid_loss']:.4g}  F-RMSE {record['valid_forces_rmse']:.4f} eV/Å  "
+                f"lr {record['lr']:.2g}",
+                highlight=False,
+            )
+
+    return log
+
+
+def _train_net(
+    cfg: TrainConfig,
+    arrays: dict,
+    *,
+    ensemble: int,
+    valid_data: dict | None,
+    checkpoint_dir: Path | None,
+    log: Callable[[dict], None],
+) -> tuple[Any, list[list[dict]]]:
+    """(model or Ensemble, per-member histories)."""
+    from ubmd.models.train import train_ensemble, train_model
+
+    if ensemble == 1:
+        net, history = train_model(cfg, arrays, valid_data=valid_data, checkpoint_dir=checkpoint_dir, log=log)  # fmt: skip
+        return net, [history]
+    return train_ensemble(cfg, arrays, ensemble, valid_data=valid_data, checkpoint_dir=checkpoint_dir, log=log)  # fmt: skip
+
+
+def _save_trained(
+    out: Path,
+    net: Any,
+    cfg: TrainConfig,
+    *,
+    ucfg: UncertaintyConfig | None,
+    arrays: dict,
+    cal_arrays: dict | None,
+    alpha: float | None,
+) -> str | None:
+    """Write the model file (with --uncertainty a bundle); the uncertainty's summary, if any."""
+    from ubmd.models import save_model
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"train_config": {k: str(v) for k, v in cfg.to_dict().items()}}
+    if ucfg is None:
+        save_model(out, net, extra=extra)
+        return None
+    return _fit_and_save(out, net, ucfg, arrays, cal_arrays, alpha, extra)
+
+
+def _print_best(console: Console, histories: list[list[dict]]) -> None:
+    """Each member's best epoch and its validation errors."""
+    best = [min(h, key=lambda r: r["valid_loss"]) for h in histories]
+    for m, b in enumerate(best):
+        console.print(
+            f"member {m}: best epoch {b['epoch']}, valid force RMSE {b['valid_forces_rmse']:.4f} eV/Å, "
+            f"energy RMSE {b['valid_energy_rmse'] * 1000:.2f} meV/atom",
+            highlight=False,
+        )
 
 
 def _fit_and_save(out: Path, net, ucfg, train_arrays, cal_arrays, alpha, extra) -> str:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:  # heavy imports happen inside the commands (`ubmd --help` stays fast)
+    from ubmd.select import SelectionResult
 
 _POOL_HELP = (
     "Candidate file: .npz with arrays 'features' (N, K) and optional 'uncertainty' (N,), "
@@ -52,9 +56,6 @@ def select(
     from ubmd.cli.errors import user_errors
 
     with user_errors():
-        from rich.console import Console
-        from rich.table import Table
-
         from ubmd.devices import check_device_here
         from ubmd.select import select_batch
         from ubmd.select.io import load_features
@@ -64,44 +65,69 @@ def select(
         feats, unc = load_features(pool)
         train_feats = load_features(train)[0] if train is not None else None
         res = select_batch(
-            feats,
-            batch_size,
-            method=method,
-            train_features=train_feats,
-            uncertainties=unc,
-            kernel=kernel,
-            sigma=sigma,
-            condition_on_train=condition_on_train,
-            seed=seed,
+            feats, batch_size, method=method, train_features=train_feats, uncertainties=unc,
+            kernel=kernel, sigma=sigma, condition_on_train=condition_on_train, seed=seed,
             device=device,
-        )
-        table = Table(title=f"{res.method} picks ({len(res)} of {feats.shape[0]} candidates)")
-        table.add_column("#", justify="right")
-        table.add_column("index", justify="right")
-        table.add_column("score", justify="right")
-        for rank, (i, sc) in enumerate(zip(res.indices, res.scores, strict=True)):
-            table.add_row(str(rank), str(int(i)), f"{sc:.4g}")
-        Console().print(table)
+        )  # fmt: skip
+        _print_picks(res, n_candidates=feats.shape[0])
         if out is not None:
-            doc = {
-                "pool": str(pool),
-                "train": None if train is None else str(train),
-                "method": res.method,
-                "kernel": res.kernel,
-                "sigma": sigma,
-                "condition_on_train": condition_on_train,
-                "seed": seed,
-                "indices": [int(i) for i in res.indices],
-                "scores": [None if s != s else float(s) for s in res.scores],  # NaN -> null
-                "n_duplicates_excluded": res.n_duplicates_excluded,
-            }
-            out.write_text(json.dumps(doc, indent=2) + "\n")
-            Console(stderr=True).print(f"wrote {out}")
+            _write_picks(out, res, pool=pool, train=train, sigma=sigma,
+                         condition_on_train=condition_on_train, seed=seed)  # fmt: skip
         if frames is not None:
-            from ubmd.store.convert import write_structures
+            _write_picked_frames(structures, [frames[int(i)] for i in res.indices])
 
-            write_structures(structures, [frames[int(i)] for i in res.indices])
-            Console(stderr=True).print(f"wrote {len(res)} structures to {structures}")
+
+def _print_picks(res: SelectionResult, *, n_candidates: int) -> None:
+    """The picks as a table: rank, pool index, the method's score."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{res.method} picks ({len(res)} of {n_candidates} candidates)")
+    table.add_column("#", justify="right")
+    table.add_column("index", justify="right")
+    table.add_column("score", justify="right")
+    for rank, (i, sc) in enumerate(zip(res.indices, res.scores, strict=True)):
+        table.add_row(str(rank), str(int(i)), f"{sc:.4g}")
+    Console().print(table)
+
+
+def _write_picks(
+    out: Path,
+    res: SelectionResult,
+    *,
+    pool: Path,
+    train: Path | None,
+    sigma: float,
+    condition_on_train: bool,
+    seed: int,
+) -> None:
+    """The picks and how they were made, as JSON."""
+    from rich.console import Console
+
+    doc = {
+        "pool": str(pool),
+        "train": None if train is None else str(train),
+        "method": res.method,
+        "kernel": res.kernel,
+        "sigma": sigma,
+        "condition_on_train": condition_on_train,
+        "seed": seed,
+        "indices": [int(i) for i in res.indices],
+        "scores": [None if s != s else float(s) for s in res.scores],  # NaN -> null
+        "n_duplicates_excluded": res.n_duplicates_excluded,
+    }
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    Console(stderr=True).print(f"wrote {out}")
+
+
+def _write_picked_frames(structures: Path, picked: list) -> None:
+    """The picked frames as extxyz, ready for `ubmd label`."""
+    from rich.console import Console
+
+    from ubmd.store.convert import write_structures
+
+    write_structures(structures, picked)
+    Console(stderr=True).print(f"wrote {len(picked)} structures to {structures}")
 
 
 def _candidate_frames(pool: Path, structures: Path) -> list:

@@ -74,6 +74,37 @@ class CP2KSettings(LabelerSettings):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
+def _cell_section(atoms: Atoms, *, periodic: bool, vacuum_A: float) -> tuple[dict[str, Any], Any]:
+    """(CELL section, positions): the structure's own cell, or for a molecule a box with
+    ``vacuum_A`` of padding and the positions moved into it."""
+    if periodic:
+        cell = atoms.cell.array
+        return {
+            "A": [float(x) for x in cell[0]],
+            "B": [float(x) for x in cell[1]],
+            "C": [float(x) for x in cell[2]],
+            "PERIODIC": "XYZ",
+        }, atoms.get_positions()
+    lengths, positions = box_for_molecule(atoms, vacuum_A)
+    return {"ABC": [float(x) for x in lengths], "PERIODIC": "NONE"}, positions
+
+
+def _force_eval_section(
+    dft: dict[str, Any], subsys: dict[str, Any], *, periodic: bool
+) -> dict[str, Any]:
+    """FORCE_EVAL around the DFT and SUBSYS sections: forces always, stress for a periodic
+    cell (key order as CP2K users expect to read it)."""
+    force_eval: dict[str, Any] = {"METHOD": "QS"}
+    if periodic:
+        force_eval["STRESS_TENSOR"] = "ANALYTICAL"
+    force_eval["DFT"] = dft
+    force_eval["SUBSYS"] = subsys
+    force_eval["PRINT"] = {"FORCES": {"_": "ON"}}
+    if periodic:
+        force_eval["PRINT"]["STRESS_TENSOR"] = {"_": "ON"}
+    return force_eval
+
+
 @functools.lru_cache(maxsize=8)
 def _cp2k_version(executable: str) -> str:
     try:
@@ -187,24 +218,26 @@ class CP2KLabeler(Labeler):
         s = self.settings
         kinds = self._kinds(atoms)
         periodic = bool(atoms.get_pbc().all())
-        if periodic:
-            cell = atoms.cell.array
-            positions = atoms.get_positions()
-            cell_section: dict[str, Any] = {
-                "A": [float(x) for x in cell[0]],
-                "B": [float(x) for x in cell[1]],
-                "C": [float(x) for x in cell[2]],
-                "PERIODIC": "XYZ",
-            }
-        else:
-            lengths, positions = box_for_molecule(atoms, s.vacuum_A)
-            cell_section = {"ABC": [float(x) for x in lengths], "PERIODIC": "NONE"}
+        cell_section, positions = _cell_section(atoms, periodic=periodic, vacuum_A=s.vacuum_A)
         coords = [
             f"{sym} {x:.10f} {y:.10f} {z:.10f}"
             for sym, (x, y, z) in zip(atoms.get_chemical_symbols(), positions, strict=True)
         ]
         n_electrons = sum(kinds[sym][2] for sym in atoms.get_chemical_symbols()) - s.charge
-        dft: dict[str, Any] = {
+        dft = self._dft_section(n_electrons, periodic=periodic)
+        subsys: dict[str, Any] = {"CELL": cell_section, "COORD": {"_lines": coords}}
+        for element, (basis, potential, _) in kinds.items():
+            subsys[f"KIND {element}"] = {"BASIS_SET": basis, "POTENTIAL": potential}
+        tree = {
+            "GLOBAL": {"PROJECT": "ubmd", "RUN_TYPE": "ENERGY_FORCE", "PRINT_LEVEL": "LOW"},
+            "FORCE_EVAL": _force_eval_section(dft, subsys, periodic=periodic),
+        }
+        return merge(tree, s.overrides)
+
+    def _dft_section(self, n_electrons: int, *, periodic: bool) -> dict[str, Any]:
+        """The DFT section: data files, charge and spin, grids, Poisson solver, SCF, XC."""
+        s = self.settings
+        return {
             "BASIS_SET_FILE_NAME": str(self._data_file(s.basis_file)),
             "POTENTIAL_FILE_NAME": str(self._data_file(s.potential_file)),
             "CHARGE": s.charge,
@@ -228,22 +261,6 @@ class CP2KLabeler(Labeler):
             ),
             "XC": {f"XC_FUNCTIONAL {s.xc_functional}": {}},
         }
-        subsys: dict[str, Any] = {"CELL": cell_section, "COORD": {"_lines": coords}}
-        for element, (basis, potential, _) in kinds.items():
-            subsys[f"KIND {element}"] = {"BASIS_SET": basis, "POTENTIAL": potential}
-        force_eval: dict[str, Any] = {"METHOD": "QS"}
-        if periodic:
-            force_eval["STRESS_TENSOR"] = "ANALYTICAL"
-        force_eval["DFT"] = dft
-        force_eval["SUBSYS"] = subsys
-        force_eval["PRINT"] = {"FORCES": {"_": "ON"}}
-        if periodic:
-            force_eval["PRINT"]["STRESS_TENSOR"] = {"_": "ON"}
-        tree = {
-            "GLOBAL": {"PROJECT": "ubmd", "RUN_TYPE": "ENERGY_FORCE", "PRINT_LEVEL": "LOW"},
-            "FORCE_EVAL": force_eval,
-        }
-        return merge(tree, s.overrides)
 
     def write_input(self, atoms: Atoms, workdir: Path) -> None:
         (workdir / INPUT_NAME).write_text(render(self.build_input(atoms)) + "\n")

@@ -69,15 +69,7 @@ def label_with_retries(
             result = current.label(atoms, workdir=attempt_dir)
         except CalculationFailed as exc:
             last_error = exc
-            history.append(
-                {
-                    "attempt": attempt,
-                    "reason": exc.reason,
-                    "message": exc.message,
-                    "settings_hash": current.settings_hash(),
-                    "workdir": str(attempt_dir),
-                }
-            )
+            history.append(_attempt_record(attempt, exc, current, attempt_dir))
             if attempt == policy.max_attempts or exc.reason not in policy.retry_on:
                 break
             if policy.change_settings:
@@ -90,17 +82,55 @@ def label_with_retries(
         return result
     if last_error is None:  # unreachable: the loop runs at least once and ends only on failure
         raise RuntimeError("label_with_retries finished without a result or an error")
+    return _failed_result(
+        atoms,
+        labeler=labeler,
+        last_labeler=current,
+        last_error=last_error,
+        attempts=attempt,
+        history=history,
+        workdir=workdir,
+        t0=t0,
+    )
+
+
+def _attempt_record(
+    attempt: int, error: CalculationFailed, labeler: Labeler, attempt_dir: Path
+) -> dict[str, object]:
+    """What the history keeps of a failed attempt."""
+    return {
+        "attempt": attempt,
+        "reason": error.reason,
+        "message": error.message,
+        "settings_hash": labeler.settings_hash(),
+        "workdir": str(attempt_dir),
+    }
+
+
+def _failed_result(
+    atoms: Atoms,
+    *,
+    labeler: Labeler,
+    last_labeler: Labeler,
+    last_error: CalculationFailed,
+    attempts: int,
+    history: list[dict[str, object]],
+    workdir: Path,
+    t0: float,
+) -> LabelResult:
+    """The failed label after the last attempt (``last_labeler``: its settings; ``labeler``:
+    the first attempt's; ``t0``: ``time.perf_counter()`` at the start)."""
     atoms_copy = atoms.copy()
     atoms_copy.calc = None
     return LabelResult(
         atoms=atoms_copy,
-        labeler=current.name,
-        settings=current.settings_dict(),
-        settings_hash=current.settings_hash(),
+        labeler=last_labeler.name,
+        settings=last_labeler.settings_dict(),
+        settings_hash=last_labeler.settings_hash(),
         status=STATUS_FAILED,
-        reason=f"{last_error.describe()} (after {attempt} attempt{'s' if attempt > 1 else ''})",
+        reason=f"{last_error.describe()} (after {attempts} attempt{'s' if attempts > 1 else ''})",
         wall_time_s=time.perf_counter() - t0,
-        attempts=attempt,
+        attempts=attempts,
         workdir=workdir,
         extra={
             "history": history,

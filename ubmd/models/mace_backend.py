@@ -21,6 +21,7 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,17 +48,7 @@ class MacePotential(Potential):
         readout_hidden: int = 16,
     ) -> None:
         super().__init__(species, cutoff)
-        try:
-            # mace first: it sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, which e3nn's own
-            # constants file needs; our files are always read with weights_only=True.
-            from mace.modules import blocks
-            from mace.modules.models import MACE
-
-            o3 = importlib.import_module("e3nn.o3")
-        except ImportError as exc:
-            raise ImportError(
-                "the MACE backend needs mace-torch: pip install 'ubmd[mace]'"
-            ) from exc
+        _import_mace()  # a missing mace-torch is named before any bad hyperparameter
         if max_L not in (0, 1, 2):
             raise ValueError(f"max_L must be 0, 1 or 2, got {max_L}")
         if n_interactions < 1 or n_channels < 1 or correlation < 1:
@@ -74,33 +65,18 @@ class MacePotential(Potential):
             "avg_num_neighbors": float(avg_num_neighbors),
             "readout_hidden": int(readout_hidden),
         }
-        irreps = " + ".join(
-            f"{n_channels}x{ell}{'e' if ell % 2 == 0 else 'o'}" for ell in range(max_L + 1)
+        self.mace = _mace_layers(
+            self.species,
+            cutoff=cutoff,
+            n_channels=n_channels,
+            max_L=max_L,
+            max_ell=max_ell,
+            correlation=correlation,
+            n_interactions=n_interactions,
+            n_bessel=n_bessel,
+            avg_num_neighbors=avg_num_neighbors,
+            readout_hidden=readout_hidden,
         )
-        import numpy as np
-
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)  # MACE builds some constants in the default dtype
-        try:
-            self.mace = MACE(
-                r_max=float(cutoff),
-                num_bessel=int(n_bessel),
-                num_polynomial_cutoff=6,
-                max_ell=int(max_ell),
-                interaction_cls=blocks.RealAgnosticResidualInteractionBlock,
-                interaction_cls_first=blocks.RealAgnosticResidualInteractionBlock,
-                num_interactions=int(n_interactions),
-                num_elements=len(self.species),
-                hidden_irreps=o3.Irreps(irreps),
-                MLP_irreps=o3.Irreps(f"{readout_hidden}x0e"),
-                atomic_energies=np.zeros(len(self.species)),
-                avg_num_neighbors=float(avg_num_neighbors),
-                atomic_numbers=list(self.species),
-                correlation=int(correlation),
-                gate=torch.nn.functional.silu,
-            )
-        finally:
-            torch.set_default_dtype(previous)
         # Our readout replaces MACE's per-layer readouts (see module docstring).
         del self.mace.readouts
         self.n_channels = int(n_channels)
@@ -163,3 +139,59 @@ class MacePotential(Potential):
             "last_layer_input": hidden,
             "atomic_scale": self.energy_scale[z],
         }
+
+
+def _import_mace() -> tuple[Any, Any, Any]:
+    """mace-torch's ``blocks`` module, its ``MACE`` class and ``e3nn.o3``."""
+    try:
+        # mace first: it sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, which e3nn's own
+        # constants file needs; our files are always read with weights_only=True.
+        from mace.modules import blocks
+        from mace.modules.models import MACE
+
+        o3 = importlib.import_module("e3nn.o3")
+    except ImportError as exc:
+        raise ImportError("the MACE backend needs mace-torch: pip install 'ubmd[mace]'") from exc
+    return blocks, MACE, o3
+
+
+def _mace_layers(
+    species: Sequence[int],
+    *,
+    cutoff: float,
+    n_channels: int,
+    max_L: int,
+    max_ell: int,
+    correlation: int,
+    n_interactions: int,
+    n_bessel: int,
+    avg_num_neighbors: float,
+    readout_hidden: int,
+) -> nn.Module:
+    """mace-torch's ``MACE`` module (in float64) with these sizes, zero atomic energies."""
+    blocks, mace_cls, o3 = _import_mace()
+    irreps = " + ".join(
+        f"{n_channels}x{ell}{'e' if ell % 2 == 0 else 'o'}" for ell in range(max_L + 1)
+    )
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # MACE builds some constants in the default dtype
+    try:
+        return mace_cls(
+            r_max=float(cutoff),
+            num_bessel=int(n_bessel),
+            num_polynomial_cutoff=6,
+            max_ell=int(max_ell),
+            interaction_cls=blocks.RealAgnosticResidualInteractionBlock,
+            interaction_cls_first=blocks.RealAgnosticResidualInteractionBlock,
+            num_interactions=int(n_interactions),
+            num_elements=len(species),
+            hidden_irreps=o3.Irreps(irreps),
+            MLP_irreps=o3.Irreps(f"{readout_hidden}x0e"),
+            atomic_energies=np.zeros(len(species)),
+            avg_num_neighbors=float(avg_num_neighbors),
+            atomic_numbers=list(species),
+            correlation=int(correlation),
+            gate=torch.nn.functional.silu,
+        )
+    finally:
+        torch.set_default_dtype(previous)

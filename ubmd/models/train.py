@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -30,10 +29,9 @@ import torch
 
 from ubmd.models import data as mdata
 from ubmd.models.factory import MODEL_KINDS, build_model
-from ubmd.models.files import model_from_payload
 from ubmd.models.graph import as_dtype
 from ubmd.models.potential import Potential, compute
-from ubmd.models.training_run import TrainingRun
+from ubmd.models.training_run import TrainingRun, load_checkpoint, model_fingerprint
 
 _SCHEDULES = ("plateau", "cosine", "none")
 
@@ -184,20 +182,9 @@ def train_model(
     """
     device = config.resolved_device()
     dtype = as_dtype(config.dtype)
-    arrays = mdata.labelled_arrays(train_data)
-    if valid_data is None:
-        tr_idx, va_idx = split_indices(len(arrays["n_atoms"]), config.valid_fraction, config.seed)
-        valid_arrays = mdata.select(arrays, va_idx) if len(va_idx) else None
-        arrays = mdata.select(arrays, tr_idx)
-    else:
-        valid_arrays = mdata.labelled_arrays(valid_data)
-
+    arrays, valid_arrays = _training_arrays(config, train_data, valid_data)
     config = epochs_for(config, len(arrays["n_atoms"]))
-    species = sorted({int(z) for z in np.unique(arrays["numbers"])})
-    if valid_arrays is not None:
-        extra = sorted(set(np.unique(valid_arrays["numbers"]).tolist()) - set(species))
-        if extra:
-            raise ValueError(f"validation data has elements {extra} absent from training data")
+    species = _training_species(arrays, valid_arrays)
     torch.manual_seed(config.seed)
     model = _initial_model(config, arrays, species, init_model, device=device, dtype=dtype)
     train_samples = mdata.make_samples(arrays, cutoff=model.cutoff, device=device, dtype=dtype)
@@ -206,17 +193,70 @@ def train_model(
         if valid_arrays is not None
         else train_samples
     )
-    if init_model is not None:
-        refit_reference_energies(model, train_samples)
-    elif hasattr(model, "fit_graph_statistics"):  # e.g. MACE's avg_num_neighbors
-        edges = sum(smp.graph.edge_index.shape[1] for smp in train_samples)
-        model.fit_graph_statistics(edges / max(1, len(arrays["numbers"])))
-    run = TrainingRun(config, model, init_fingerprint=_fingerprint(init_model))
+    _fit_start_statistics(
+        model, train_samples, warm_start=init_model is not None, n_atoms=len(arrays["numbers"])
+    )
+    run = TrainingRun(config, model, init_fingerprint=model_fingerprint(init_model))
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         run.resume(load_checkpoint(ckpt_dir / "last.pt", config, init=run.init_fingerprint))
+    _run_epochs(run, train_samples, valid_samples, device=device, ckpt_dir=ckpt_dir, log=log)
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
+    model.eval()
+    return model, run.history
 
+
+def _training_arrays(
+    config: TrainConfig, train_data: Any, valid_data: Any
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """(training, validation) arrays: ``valid_data``'s, or a held-out ``valid_fraction``
+    of ``train_data`` (None when that fraction is empty)."""
+    arrays = mdata.labelled_arrays(train_data)
+    if valid_data is not None:
+        return arrays, mdata.labelled_arrays(valid_data)
+    tr_idx, va_idx = split_indices(len(arrays["n_atoms"]), config.valid_fraction, config.seed)
+    valid_arrays = mdata.select(arrays, va_idx) if len(va_idx) else None
+    return mdata.select(arrays, tr_idx), valid_arrays
+
+
+def _training_species(
+    arrays: Mapping[str, np.ndarray], valid_arrays: Mapping[str, np.ndarray] | None
+) -> list[int]:
+    """The training data's atomic numbers; validation data may hold no others."""
+    species = sorted({int(z) for z in np.unique(arrays["numbers"])})
+    if valid_arrays is not None:
+        extra = sorted(set(np.unique(valid_arrays["numbers"]).tolist()) - set(species))
+        if extra:
+            raise ValueError(f"validation data has elements {extra} absent from training data")
+    return species
+
+
+def _fit_start_statistics(
+    model: Potential, train_samples: list[mdata.Sample], *, warm_start: bool, n_atoms: int
+) -> None:
+    """Before the first epoch: a warm start refits its reference energies; a fresh model
+    with graph statistics (e.g. MACE's avg_num_neighbors) fits them (``n_atoms``: in all)."""
+    if warm_start:
+        refit_reference_energies(model, train_samples)
+    elif hasattr(model, "fit_graph_statistics"):
+        edges = sum(smp.graph.edge_index.shape[1] for smp in train_samples)
+        model.fit_graph_statistics(edges / max(1, n_atoms))
+
+
+def _run_epochs(
+    run: TrainingRun,
+    train_samples: list[mdata.Sample],
+    valid_samples: list[mdata.Sample],
+    *,
+    device: str,
+    ckpt_dir: Path | None,
+    log: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Epochs from where ``run`` stands until max_epochs or early stopping; with
+    ``ckpt_dir`` a checkpoint after each."""
+    config = run.config
     with _deterministic(device):
         for epoch in range(run.start_epoch, config.max_epochs):
             if run.since_best >= config.patience:
@@ -226,10 +266,6 @@ def train_model(
                 log(record)
             if ckpt_dir is not None:
                 run.save(ckpt_dir, epoch)
-    if run.best_state is not None:
-        model.load_state_dict(run.best_state)
-    model.eval()
-    return model, run.history
 
 
 def _initial_model(
@@ -292,45 +328,6 @@ def refit_reference_energies(model: Potential, samples: list[mdata.Sample]) -> n
     model.set_energy_stats(shift, model.energy_scale.detach().cpu())
     model.train()
     return delta
-
-
-def _fingerprint(model: Potential | None) -> str | None:
-    """A content hash of a model's hyperparameters and weights (what a resume must match)."""
-    if model is None:
-        return None
-    h = hashlib.sha256(repr(sorted(model.hyperparameters().items())).encode())
-    for name, value in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(value.detach().double().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def load_checkpoint(
-    path: str | os.PathLike, config: TrainConfig, *, init: str | None = None
-) -> dict[str, Any] | None:
-    """The resumable state in ``path`` (None if absent); refuses a different config or a
-    different start model (``init``: its fingerprint, None for a fresh model)."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable ubmd training checkpoint: {exc}") from None
-    if not isinstance(state, dict) or "payload" not in state:
-        raise ValueError(f"{path} is not a ubmd training checkpoint")
-    if state["config"] != config.to_dict():
-        raise ValueError(
-            f"{path} was written with a different training config; use another "
-            "checkpoint directory or delete it"
-        )
-    if state.get("init", "") != (init or ""):
-        raise ValueError(
-            f"{path} was written for a different start model; use another checkpoint "
-            "directory or delete it"
-        )
-    model_from_payload(state["payload"], source=str(path))  # validates the model part
-    return state
 
 
 def train_member(

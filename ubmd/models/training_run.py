@@ -1,5 +1,6 @@
 """One training run's moving parts: the loss, the learning-rate schedule, and the run state
-(optimizer, best weights, weight average, history) that a checkpoint saves and restores.
+(optimizer, best weights, weight average, history) that a checkpoint saves and restores, with
+the checks a checkpoint must pass before it is resumed (same config, same start model).
 
 :mod:`ubmd.models.train` drives it; nothing here reads data or decides when to stop.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from ubmd.models import data as mdata
-from ubmd.models.files import model_payload
+from ubmd.models.files import model_from_payload, model_payload
 from ubmd.models.potential import Potential, compute
 
 if TYPE_CHECKING:
@@ -218,3 +220,42 @@ class TrainingRun:
             tmp = ckpt_dir / f"best.pt.tmp{os.getpid()}"
             torch.save(best, tmp)
             os.replace(tmp, ckpt_dir / "best.pt")
+
+
+def model_fingerprint(model: Potential | None) -> str | None:
+    """A content hash of a model's hyperparameters and weights (what a resume must match)."""
+    if model is None:
+        return None
+    h = hashlib.sha256(repr(sorted(model.hyperparameters().items())).encode())
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().double().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_checkpoint(
+    path: str | os.PathLike, config: TrainConfig, *, init: str | None = None
+) -> dict[str, Any] | None:
+    """The resumable state in ``path`` (None if absent); refuses a different config or a
+    different start model (``init``: its fingerprint, None for a fresh model)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable ubmd training checkpoint: {exc}") from None
+    if not isinstance(state, dict) or "payload" not in state:
+        raise ValueError(f"{path} is not a ubmd training checkpoint")
+    if state["config"] != config.to_dict():
+        raise ValueError(
+            f"{path} was written with a different training config; use another "
+            "checkpoint directory or delete it"
+        )
+    if state.get("init", "") != (init or ""):
+        raise ValueError(
+            f"{path} was written for a different start model; use another checkpoint "
+            "directory or delete it"
+        )
+    model_from_payload(state["payload"], source=str(path))  # validates the model part
+    return state

@@ -13,6 +13,7 @@ from pydantic import StrictBool
 from ubmd.select import methods as m
 from ubmd.select.features import (
     DuplicateGuard,
+    PoolFeatures,
     apply_posterior_,
     as_vector,
     posterior_factor,
@@ -112,38 +113,61 @@ def select_batch(
     feats = prepare_features(
         candidate_features, train_features, device=device, batch_size=batch_size
     )
-    dev, raw, train, s = feats.device, feats.pool, feats.train, feats.scale
-    n = raw.shape[0]
     unc = None
     if uncertainties is not None:
-        unc = as_vector(uncertainties, "uncertainties", n, device=dev)
-    if kernel == "posterior" and train is None:
+        unc = as_vector(uncertainties, "uncertainties", feats.pool.shape[0], device=feats.device)
+    if kernel == "posterior" and feats.train is None:
         raise ValueError("kernel='posterior' needs train_features (the GP posterior is given them)")
+    pool = _fresh_pool(feats, duplicate_tol=duplicate_tol, seed=seed)
+    if _needs_kernel_features(method, unc):
+        pool.f, pool.centers = _kernel_features(
+            feats.pool, feats.train, feats.scale, kernel=kernel, sigma=sigma, method=method,
+            condition=condition_on_train, dtype=dtype,
+        )  # fmt: skip
+    b = int(batch_size)
+    picks, vals = _pick(pool, method, b, unc, sigma)
+    return _selection_result(
+        pool, picks, vals, batch_size=b, method=method, kernel=kernel, duplicate_tol=duplicate_tol
+    )
 
-    pool = m.Pool(
+
+def _fresh_pool(feats: PoolFeatures, *, duplicate_tol: float, seed: int) -> m.Pool:
+    """Every candidate available, no kernel features yet, the seeded random stream."""
+    n = feats.pool.shape[0]
+    return m.Pool(
         f=None,
         n=n,
         centers=None,
-        available=torch.ones(n, dtype=torch.bool, device=dev),
-        guard=DuplicateGuard(raw, s, duplicate_tol),
+        available=torch.ones(n, dtype=torch.bool, device=feats.device),
+        guard=DuplicateGuard(feats.pool, feats.scale, duplicate_tol),
         rng=np.random.default_rng(seed),
     )
-    b = int(batch_size)
-    needs_features = method not in ("random",) and not (method == "max_unc" and unc is not None)
-    if needs_features:
-        pool.f, pool.centers = _kernel_features(
-            raw, train, s, kernel=kernel, sigma=sigma, method=method,
-            condition=condition_on_train, dtype=dtype,
-        )  # fmt: skip
 
-    picks, vals = _pick(pool, method, b, unc, sigma)
-    if len(picks) < b:
+
+def _needs_kernel_features(method: str, unc: torch.Tensor | None) -> bool:
+    """random needs none; max_unc needs none when it ranks by given uncertainties."""
+    return method not in ("random",) and not (method == "max_unc" and unc is not None)
+
+
+def _selection_result(
+    pool: m.Pool,
+    picks: list[int],
+    vals: list[float],
+    *,
+    batch_size: int,
+    method: str,
+    kernel: str,
+    duplicate_tol: float,
+) -> SelectionResult:
+    """The result, with a warning when near-duplicates left fewer than ``batch_size`` picks."""
+    if len(picks) < batch_size:
         warnings.warn(
             f"only {len(picks)} distinct candidates left after excluding near-duplicates "
-            f"(duplicate_tol={duplicate_tol}); returning a batch of {len(picks)} instead of {b}",
-            stacklevel=2,
+            f"(duplicate_tol={duplicate_tol}); returning a batch of {len(picks)} instead of "
+            f"{batch_size}",
+            stacklevel=3,  # the caller of select_batch
         )
-    n_dup = n - int(pool.available.sum()) - len(picks)
+    n_dup = pool.n - int(pool.available.sum()) - len(picks)
     return SelectionResult(
         indices=np.asarray(picks, dtype=np.int64),
         scores=np.asarray(vals, dtype=np.float64),

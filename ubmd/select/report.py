@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ubmd.select.design import DEFAULT_LAM, d_optimal, training_design
-from ubmd.select.features import CHUNK_ROWS
+from ubmd.select.features import CHUNK_ROWS, PoolFeatures
 
 DEFAULT_GAIN_THRESHOLD = 1e-3
 
@@ -93,11 +93,45 @@ def design_report(
     if not gain_threshold >= 0.0:
         raise ValueError(f"gain_threshold must be >= 0; got {gain_threshold!r}")
     feats, mat = training_design(candidate_features, train_features, batch_size, lam, device, dtype)
-    dev, raw, train, s = feats.device, feats.pool, feats.train, feats.scale
+    raw, train = feats.pool, feats.train
     n, k = raw.shape
-    n_train = 0 if train is None else int(train.shape[0])
     eig = torch.linalg.eigvalsh(mat).flip(0) - lam  # eigenvalues of Φ_TᵀΦ_T
     eig = eig.clamp(min=0.0).cpu().numpy()
+    gains, novelty = _gains_and_novelty(feats, mat, lam=lam, dtype=dtype)
+    eff_rank = _effective_rank(eig)
+    cond = float((eig[0] + lam) / (eig[-1] + lam))
+    n_inf = int((gains > gain_threshold).sum())
+    batch_gain = None
+    if batch_size is not None:
+        res = d_optimal(raw, batch_size, train_features=train, lam=lam, dtype=dtype)
+        batch_gain = res.value - res.start_value
+    return DesignReport(
+        n_pool=n,
+        n_train=0 if train is None else int(train.shape[0]),
+        feature_dim=k,
+        lam=lam,
+        scale=feats.scale,
+        gains=gains,
+        novelty=novelty,
+        eigenvalues=eig,
+        effective_rank=eff_rank,
+        numerical_rank=int((eig > lam).sum()),
+        condition_number=cond,
+        gain_threshold=gain_threshold,
+        n_informative=n_inf,
+        adds_information=n_inf > 0,
+        batch_size=None if batch_size is None else int(batch_size),
+        batch_gain=batch_gain,
+        message=_verdict(gains, n_informative=n_inf, gain_threshold=gain_threshold),
+    )
+
+
+def _gains_and_novelty(
+    feats: PoolFeatures, mat: torch.Tensor, *, lam: float, dtype: torch.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate: log(1 + φᵀM⁻¹φ) and λ·φᵀM⁻¹φ/||φ||² clamped to [0, 1] (chunked rows)."""
+    raw, s, dev = feats.pool, feats.scale, feats.device
+    n = raw.shape[0]
     chol = torch.linalg.cholesky(mat)
     quad = torch.empty(n, dtype=dtype, device=dev)
     norm2 = torch.empty(n, dtype=dtype, device=dev)
@@ -109,46 +143,28 @@ def design_report(
     gains = torch.log1p(quad).cpu().numpy()
     zero = norm2 <= 0
     novelty = torch.where(zero, 0.0, lam * quad / torch.where(zero, 1.0, norm2))
-    novelty = novelty.clamp(0.0, 1.0).cpu().numpy()
+    return gains, novelty.clamp(0.0, 1.0).cpu().numpy()
 
+
+def _effective_rank(eig: np.ndarray) -> float:
+    """exp(entropy of the normalised eigenvalues); 0 when they are all zero."""
     total = float(eig.sum())
-    if total > 0:
-        p = eig[eig > 0] / total
-        eff_rank = float(np.exp(-(p * np.log(p)).sum()))
-    else:
-        eff_rank = 0.0
-    cond = float((eig[0] + lam) / (eig[-1] + lam))
-    n_inf = int((gains > gain_threshold).sum())
-    adds = n_inf > 0
-    batch_gain = None
-    if batch_size is not None:
-        res = d_optimal(raw, batch_size, train_features=train, lam=lam, dtype=dtype)
-        batch_gain = res.value - res.start_value
-    if adds:
-        message = f"pool adds information: {n_inf} of {n} candidates raise log det by > {gain_threshold:g}"
-    else:
-        message = (
-            f"pool adds no information: max expected log-det gain {gains.max():.3g} "
-            f"<= {gain_threshold:g}"
+    if not total > 0:
+        return 0.0
+    p = eig[eig > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def _verdict(gains: np.ndarray, *, n_informative: int, gain_threshold: float) -> str:
+    """One line: does the pool add information, and how much."""
+    if n_informative > 0:
+        return (
+            f"pool adds information: {n_informative} of {gains.size} candidates raise log det "
+            f"by > {gain_threshold:g}"
         )
-    return DesignReport(
-        n_pool=n,
-        n_train=n_train,
-        feature_dim=k,
-        lam=lam,
-        scale=s,
-        gains=gains,
-        novelty=novelty,
-        eigenvalues=eig,
-        effective_rank=eff_rank,
-        numerical_rank=int((eig > lam).sum()),
-        condition_number=cond,
-        gain_threshold=gain_threshold,
-        n_informative=n_inf,
-        adds_information=adds,
-        batch_size=None if batch_size is None else int(batch_size),
-        batch_gain=batch_gain,
-        message=message,
+    return (
+        f"pool adds no information: max expected log-det gain {gains.max():.3g} "
+        f"<= {gain_threshold:g}"
     )
 
 

@@ -140,6 +140,41 @@ def make_batch(
     and ``forces``. Optional: ``cell`` (zeros), ``pbc`` (False), ``free_energy``,
     ``stress`` (+ ``has_stress``), and provenance columns, which override ``provenance``.
     """
+    n_atoms = _checked_n_atoms(arrays)
+    S, A = len(n_atoms), int(n_atoms.sum())
+    numbers = _checked_numbers(arrays[keys.NUMBERS], A)
+    positions = _float(arrays[keys.POSITIONS], (A, 3), keys.POSITIONS)
+    _finite(positions, keys.POSITIONS)
+    cell = _float(arrays.get(keys.CELL, np.zeros((S, 3, 3))), (S, 3, 3), keys.CELL)
+    _finite(cell, keys.CELL)
+    pbc = _shaped(arrays.get(keys.PBC, np.zeros((S, 3), bool)), (S, 3), keys.PBC).astype(bool)
+    energy = _float(arrays.get(keys.ENERGY, np.full(S, np.nan)), (S,), keys.ENERGY)
+    free_energy = _float(arrays.get(keys.FREE_ENERGY, np.full(S, np.nan)), (S,), keys.FREE_ENERGY)
+    forces = _float(arrays.get(keys.FORCES, np.full((A, 3), np.nan)), (A, 3), keys.FORCES)
+    stress, has_stress = _checked_stress(arrays, S)
+    columns = provenance_columns(provenance, S)
+    for name in PROVENANCE_FIELDS:
+        if name in arrays:
+            columns[name] = _shaped(arrays[name], (S,), name)
+    columns = _normalise_columns(columns, S)
+    _check_labels(columns, energy=energy, forces=forces, n_atoms=n_atoms)
+    return Batch(
+        numbers=numbers.astype(np.uint8),
+        positions=positions,
+        forces=forces,
+        n_atoms=n_atoms,
+        cell=cell,
+        pbc=pbc,
+        energy=energy,
+        free_energy=free_energy,
+        stress=stress,
+        has_stress=has_stress,
+        columns=columns,
+    )
+
+
+def _checked_n_atoms(arrays: Mapping[str, Any]) -> np.ndarray:
+    """The required arrays are there; ``n_atoms`` as int64, each at least 1."""
     for name in (keys.NUMBERS, keys.POSITIONS, keys.N_ATOMS):
         if name not in arrays:
             raise ValueError(f"append_arrays needs {name!r}; got keys {sorted(arrays)}")
@@ -150,22 +185,21 @@ def make_batch(
         )
     if n_atoms.size and n_atoms.min() < 1:
         raise ValueError(f"every structure needs at least one atom; n_atoms has {n_atoms.min()}")
-    n_atoms = n_atoms.astype(np.int64)
-    S, A = len(n_atoms), int(n_atoms.sum())
+    return n_atoms.astype(np.int64)
 
-    numbers = _shaped(arrays[keys.NUMBERS], (A,), keys.NUMBERS)
-    if A and numbers.dtype.kind not in "iu":
+
+def _checked_numbers(value: Any, n_total_atoms: int) -> np.ndarray:
+    """Atomic numbers: one integer in 0..118 per atom."""
+    numbers = _shaped(value, (n_total_atoms,), keys.NUMBERS)
+    if n_total_atoms and numbers.dtype.kind not in "iu":
         raise ValueError(f"numbers must be integers, got dtype {numbers.dtype}")
-    if A and (numbers.min() < 0 or numbers.max() > 118):
+    if n_total_atoms and (numbers.min() < 0 or numbers.max() > 118):
         raise ValueError(f"atomic numbers must be in 0..118, got {numbers.min()}..{numbers.max()}")
-    positions = _float(arrays[keys.POSITIONS], (A, 3), keys.POSITIONS)
-    _finite(positions, keys.POSITIONS)
-    cell = _float(arrays.get(keys.CELL, np.zeros((S, 3, 3))), (S, 3, 3), keys.CELL)
-    _finite(cell, keys.CELL)
-    pbc = _shaped(arrays.get(keys.PBC, np.zeros((S, 3), bool)), (S, 3), keys.PBC).astype(bool)
-    energy = _float(arrays.get(keys.ENERGY, np.full(S, np.nan)), (S,), keys.ENERGY)
-    free_energy = _float(arrays.get(keys.FREE_ENERGY, np.full(S, np.nan)), (S,), keys.FREE_ENERGY)
-    forces = _float(arrays.get(keys.FORCES, np.full((A, 3), np.nan)), (A, 3), keys.FORCES)
+    return numbers
+
+
+def _checked_stress(arrays: Mapping[str, Any], S: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Voigt stress, has_stress): a flagged stress is finite, an unflagged one all NaN."""
     if keys.STRESS in arrays and arrays[keys.STRESS] is not None:
         stress = stress_to_voigt(arrays[keys.STRESS], S).copy()
         if keys.HAS_STRESS in arrays:
@@ -179,13 +213,19 @@ def make_batch(
     if bad.any():
         raise ValueError(f"structures {_first(bad)} have a stress with NaN/inf entries")
     stress[~has_stress] = np.nan
+    return stress, has_stress
 
-    columns = provenance_columns(provenance, S)
-    for name in PROVENANCE_FIELDS:
-        if name in arrays:
-            columns[name] = _shaped(arrays[name], (S,), name)
-    columns = _normalise_columns(columns, S)
 
+def _check_labels(
+    columns: Mapping[str, np.ndarray],
+    *,
+    energy: np.ndarray,
+    forces: np.ndarray,
+    n_atoms: np.ndarray,
+) -> None:
+    """Known status values; an 'ok' structure has a finite energy and forces, a failed one a
+    reason."""
+    S = len(n_atoms)
     status = columns["status"]
     unknown = ~np.isin(status, STATUS_VALUES)
     if unknown.any():
@@ -211,20 +251,6 @@ def make_batch(
     no_reason = ~ok & (columns["reason"] == "")
     if no_reason.any():
         raise ValueError(f"structures {_first(no_reason)} have status 'failed' but no reason")
-
-    return Batch(
-        numbers=numbers.astype(np.uint8),
-        positions=positions,
-        forces=forces,
-        n_atoms=n_atoms,
-        cell=cell,
-        pbc=pbc,
-        energy=energy,
-        free_energy=free_energy,
-        stress=stress,
-        has_stress=has_stress,
-        columns=columns,
-    )
 
 
 def _normalise_columns(columns: dict[str, np.ndarray], S: int) -> dict[str, np.ndarray]:
