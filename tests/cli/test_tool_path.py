@@ -260,6 +260,23 @@ def test_frames_default_to_every_frame_spread_over_the_replicas(work, tmp_path):
     assert nearest == [0, 1, 2, 0, 1]  # replica k starts from frame k mod 3
 
 
+def test_steady_rate_says_when_stopped_replicas_left_slots_empty(work, tmp_path):
+    """A replica that stops leaves its slot empty (no start frame left to refill it): the
+    steady-state rate then runs fewer atoms per step, and the summary says so, so that
+    it is not compared with a full batch's rate."""
+    starts = read(work / "starts.xyz", ":2")
+    starts[1].positions[1] = starts[1].positions[0] + [0.3, 0.0, 0.0]  # too close: stops at 0
+    write(tmp_path / "s.xyz", starts)
+    res = ubmd("explore", work / "m.pt", tmp_path / "s.xyz", "--out", tmp_path / "c.h5",
+               "--steps", "4", "--replicas", "2", "--window", "2")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("set-up"))
+    assert re.search(r"steady state \d+ atom-steps/s over 3 steps \(1.0 of 2 replicas running "
+                     r"on average\); wall time", line), line  # fmt: skip
+    res = explore(work, work / "m.pt", tmp_path / "full.h5")  # a full batch: no such note
+    assert res.exit_code == 0 and "replicas running on average" not in res.output
+
+
 def test_sketched_features_under_compile_run_eagerly_with_a_warning(work, tmp_path):
     res = ubmd(*train_args(work, tmp_path / "sk.pt", "--uncertainty", "posterior", "--features",
                            "sketched_gradient", "--calibration-fraction", "0.5"))  # fmt: skip

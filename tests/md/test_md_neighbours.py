@@ -256,3 +256,38 @@ def test_library_objects_leave_the_allocator_alone(monkeypatch):
     UBMDModel(model)
     UBMDCalculator(model)
     assert calls == []
+
+
+def test_min_distances_come_from_the_last_call_for_these_positions_only():
+    """The lists answer the too-close rule with the distances of their last call (minimum
+    image included) as long as the positions and cell are the very tensors of that call,
+    unchanged; otherwise (moved, changed in place, bound beyond the cutoff, no skin) they
+    give None and the stop rule computes the distances itself."""
+    from ubmd.md.stop import min_distances
+
+    cu = bulk("Cu", cubic=True)  # a = 3.61
+    cu.positions[0] = [0.05, 0.05, 0.05]
+    cu.positions[1] = [3.56, 0.05, 0.05]  # 0.1 Å through the boundary
+    state = make_state([cu, read(ALA2, index=0)], temperature_K=None)
+    lists = VerletLists(4.0, skin_A=0.5)
+    assert lists.min_distances(state, 0.5) is None  # nothing computed yet
+    lists.graph(state)
+    d = lists.min_distances(state, 0.5)
+    torch.testing.assert_close(d, min_distances(state))
+    assert float(d[0]) == pytest.approx(0.1, abs=1e-9)
+    assert lists.min_distances(state, 4.5) is None  # not exact beyond the cutoff
+    state.positions[1, 0] += 0.01  # in place
+    assert lists.min_distances(state, 0.5) is None
+    lists.graph(state)
+    assert float(lists.min_distances(state, 0.5)[0]) == pytest.approx(0.09, abs=1e-9)
+    state.cell = state.cell * 1.01  # a new cell (NPT)
+    assert lists.min_distances(state, 0.5) is None
+    lists.graph(state)
+    state.positions = state.positions + 0.0  # a new positions tensor (the next step)
+    assert lists.min_distances(state, 0.5) is None
+    other = select_replicas(state, [1])
+    lists.graph(state)
+    assert lists.min_distances(other, 0.5) is None  # another batch
+    no_skin = VerletLists(4.0, skin_A=0.0)
+    no_skin.graph(state)
+    assert no_skin.min_distances(state, 0.5) is None

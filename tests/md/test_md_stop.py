@@ -238,3 +238,66 @@ def test_explore_config_from_a_campaign_mapping():
     assert ExploreConfig(species_weights={"H": 0}).bias().species_weights == {1: 0.0}
     with pytest.raises(ConfigError, match="not an element symbol"):
         build(ExploreConfig, {"species_weights": {"Hx": 0}}, "exploration.settings")
+
+
+def test_explorer_stop_checks_take_the_force_calls_pair_distances(tmp_path, monkeypatch):
+    """Every step the too-close rule takes its distances from the Verlet lists of that
+    step's force call, never from an all-pairs distance matrix of its own (that matrix
+    cost ~7 % of a compiled 32-replica alanine dipeptide step), and gets the same values;
+    the reasons of the whole batch come back in one transfer per check."""
+    from pathlib import Path
+
+    from ase.io import read
+
+    import ubmd.md.stop as stop_mod
+    from ubmd.md.adapter import UBMDModel
+    from ubmd.md.neighbours import VerletLists
+    from ubmd.models import build_model
+
+    dense = stop_mod.min_distances
+    dense_calls, from_lists = [], []
+    monkeypatch.setattr(stop_mod, "min_distances",
+                        lambda *a, **kw: dense_calls.append(1) or dense(*a, **kw))  # fmt: skip
+    real = VerletLists.min_distances
+
+    def checked(self, state, bound):
+        d = real(self, state, bound)
+        if d is not None:
+            torch.testing.assert_close(d, dense(state))
+            from_lists.append(state.n_replicas)
+        return d
+
+    monkeypatch.setattr(VerletLists, "min_distances", checked)
+    transfers = []
+    tolist = torch.Tensor.tolist
+
+    def counted(t):
+        transfers.append(tuple(t.shape))
+        return tolist(t)
+
+    ala2 = Path(__file__).resolve().parents[2] / "data" / "ala2" / "ala2_xtb_300K.extxyz"
+    frames = read(ala2, ":3")
+    close = frames[2].copy()
+    close.positions[1] = close.positions[0] + [0.3, 0.0, 0.0]
+    torch.manual_seed(0)
+    small = {"n_features": 16, "n_interactions": 1, "n_basis": 8, "readout_hidden": 8}
+    md = UBMDModel(build_model("painn", [1, 6, 7, 8], options=small))
+    config = ExploreConfig(sampler="md", n_steps=12, record_every=6, timestep_fs=0.5)
+    state, ev = _evaluated(md, frames[:2])
+    with monkeypatch.context() as m:
+        m.setattr(stop_mod.torch.Tensor, "tolist", counted)
+        reasons = stop_mod.check_stops(state, ev, config.stop, model=md)
+    assert reasons == ["", ""] and len(transfers) == 1  # one transfer for the batch
+    summary = run_explorer(config, md, [*frames[:2], close], out_path=tmp_path / "c.h5")
+    assert summary["replicas"][2] == {"start_index": 2, "stop_reason": "too_close", "steps": 0}
+    assert [summary["replicas"][r]["stop_reason"] for r in (0, 1)] == ["max_steps"] * 2
+    assert dense_calls == []
+    assert from_lists == [2, 3] + [2] * 12  # the check above, the start, then every step
+
+
+def _evaluated(md, frames):
+    from ubmd.md.integrators import initialize
+    from ubmd.md.state import make_state
+
+    state = make_state(frames, temperature_K=300, seed=0, dtype=md.dtype)
+    return state, initialize(state, md)

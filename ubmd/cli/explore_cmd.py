@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from ubmd.cli.errors import user_errors
+from ubmd.cli.explore_checks import (
+    check_out,
+    check_run_needs,
+    check_start_structures,
+    check_training_data,
+    load_model_spec,
+    nothing_left_on_failure,
+    parse_species_weights,
+    read_start_structures,
+)
 
 _HELP = """Run uncertainty-biased MD from start STRUCTURES with MODEL; write candidates to --out.
 
@@ -27,146 +36,13 @@ Example: `ubmd explore model.pt ala2.xyz --steps 20000 --replicas 8 --out cands.
 """
 
 
-def _parse_weights(items: list[str]) -> dict[int, float]:
-    from ase.data import atomic_numbers
+def _md_model(spec: str, net: Any, estimator: Any, calibration: Any, *, compile: bool,
+              skin_A: float, device: str) -> Any:  # fmt: skip
+    """The model the MD engine steps with (EMT for `emt`)."""
+    if device == "cpu":  # this process runs long MD: keep its per-step buffers
+        from ubmd.md.allocator import retain_freed_memory
 
-    out = {}
-    for item in items:
-        sym, sep, val = item.partition("=")
-        if not sep or sym.strip() not in atomic_numbers:
-            raise ValueError(f"--species-weight {item!r}: use SYMBOL=WEIGHT, e.g. H=0")
-        try:
-            out[atomic_numbers[sym.strip()]] = float(val)
-        except ValueError:
-            raise ValueError(f"--species-weight {item!r}: weight {val!r} is not a number") from None
-    return out
-
-
-def _read_structures(paths: list[Path], frames: str) -> list:
-    from ubmd.inputs import read_checked
-
-    return [a for p in paths for a in read_checked(p, index=frames, what="start structure file")]
-
-
-def _check_out(out: Path, append: bool) -> None:
-    """--out is a new file, or (--append) an existing candidate file."""
-    if out.is_dir():
-        raise IsADirectoryError(f"--out {str(out)!r} is a directory; give a file name (.h5)")
-    if not out.exists():
-        return
-    if not append:
-        raise FileExistsError(
-            f"--out {str(out)!r} exists; pass --append to add the candidates to it, or give "
-            "another --out"
-        )
-    import h5py
-
-    from ubmd.md.writer import KIND
-
-    try:
-        with h5py.File(out, "r") as f:
-            kind = f.attrs.get("kind")
-    except OSError:
-        kind = None
-    if kind != KIND:
-        raise ValueError(f"--append: {str(out)!r} is not a ubmd candidate file")
-
-
-def _committed_frames(path: Path) -> int:
-    """Frames a candidate file holds (0 if it is missing or unreadable)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f.attrs.get("n_frames", 0))
-    except (OSError, ValueError):
-        return 0
-
-
-@contextlib.contextmanager
-def _nothing_left_on_failure(out: Path) -> Iterator[None]:
-    """If the run fails before its first frame, remove the file (and folders) it created."""
-    existed = out.exists()
-    new_dirs = []
-    parent = out.parent
-    while not parent.exists():
-        new_dirs.append(parent)
-        parent = parent.parent
-    try:
-        yield
-    except BaseException:
-        if not existed and _committed_frames(out) == 0:
-            out.unlink(missing_ok=True)
-            for d in new_dirs:  # deepest first
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
-        raise
-
-
-_TRAIN_HINT = "`ubmd train DATA --uncertainty posterior --out MODEL`"
-
-
-def _load_bundle(spec: str, device: str):
-    """(potential, estimator, calibration) of a model file; (None, None, None) for `emt`."""
-    if spec.lower() == "emt":
-        return None, None, None
-    from ubmd.uncertainty import load_bundle
-
-    return load_bundle(spec, device=device)
-
-
-def _check_run_needs(spec: str, estimator, calibration, *, sampler: str, compile: bool,
-                     max_uncertainty: float | None, max_atomic_uncertainty: float | None) -> None:  # fmt: skip
-    """Everything the run needs from MODEL, before anything starts; says what makes it."""
-    thresholds = [
-        flag
-        for flag, value in (
-            ("--max-uncertainty", max_uncertainty),
-            ("--max-atomic-uncertainty", max_atomic_uncertainty),
-        )
-        if value is not None
-    ]
-    if spec.lower() == "emt":
-        if compile:
-            raise ValueError("--compile applies to ubmd model files, not to `emt`")
-        if sampler != "md":
-            raise ValueError(
-                f"`emt` has no uncertainty, which --sampler {sampler} needs: use sampler 'md' "
-                f"(--sampler md), or a ubmd model file with an uncertainty ({_TRAIN_HINT})"
-            )
-        if thresholds:
-            raise ValueError(f"`emt` has no calibrated uncertainty: drop {', '.join(thresholds)}")
-        return
-    if estimator is None and (sampler != "md" or thresholds):
-        needs = f"--sampler {sampler}" if sampler != "md" else " and ".join(thresholds)
-        raise ValueError(
-            f"{spec} holds no uncertainty estimator, which {needs} needs; train a model with "
-            f"one (fitted and calibrated) with {_TRAIN_HINT}"
-            + (", or run unbiased MD with --sampler md" if sampler != "md" else "")
-        )
-    parts = {"--max-uncertainty": ("c_total", "total"),
-             "--max-atomic-uncertainty": ("c_atom", "atom-based")}  # fmt: skip
-    for flag in thresholds:
-        attr, name = parts[flag]
-        if calibration is None:
-            raise ValueError(
-                f"{flag} is a calibrated threshold and {spec} holds no calibration; train a "
-                f"calibrated model with {_TRAIN_HINT} (it holds out --calibration-fraction of "
-                f"DATA to calibrate on), or drop {flag}"
-            )
-        if getattr(calibration, attr) is None:
-            other = next(f for f in parts if f != flag)
-            raise ValueError(
-                f"{flag} needs the calibrated {name} uncertainty, but {spec} carries only the "
-                f"{parts[other][1]} part of a calibration (a campaign calibrates each part once "
-                f"its calibration split is large enough for alpha={calibration.alpha}); use "
-                f"{other}, or train a model calibrated on both with {_TRAIN_HINT}"
-            )
-
-
-def _md_model(spec: str, net, estimator, calibration, *, compile: bool, skin_A: float):
+        retain_freed_memory()
     if net is None:
         from ase.calculators.emt import EMT
 
@@ -243,13 +119,8 @@ def explore(
     """Run a one-off (biased) MD exploration; see `ubmd explore --help`."""
     with user_errors():
         t_start = time.perf_counter()
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-        from rich.table import Table
-
-        from ubmd import keys
         from ubmd.devices import check_device_here
-        from ubmd.md.explore import ExploreConfig, run_explorer
+        from ubmd.md.explore import ExploreConfig
         from ubmd.md.integrators import BarostatConfig
         from ubmd.md.samplers import UncertaintyCVConfig
         from ubmd.md.schedule import LinearRamp
@@ -257,105 +128,137 @@ def explore(
 
         check_device_here(device)
         if sampler == "adversarial":
-            _check_training_data(training_data)
-        _check_out(out, append)
+            check_training_data(training_data)
+        check_out(out, append)
         threads_note = _set_threads(threads)
-        net, estimator, calibration = _load_bundle(model, device)
-        _check_run_needs(model, estimator, calibration, sampler=sampler, compile=compile_model,
-                         max_uncertainty=max_uncertainty,
-                         max_atomic_uncertainty=max_atomic_uncertainty)  # fmt: skip
-        if compile_model and estimator is not None and estimator.needs_capture:
-            typer.echo(
-                f"warning: {model}'s uncertainty uses {estimator.config.features} features, "
-                "which hook into the model's readout where compiled code cannot: running "
-                "eagerly instead of --compile (a model trained with --features last_layer "
-                "compiles)",
-                err=True,
-            )
-            compile_model = False
-        starts = _read_structures(list(structures), frames)
-        if net is not None:
-            from ubmd.models.compiled import check_elements
-
-            for atoms in starts:
-                check_elements(atoms.numbers, net.species)
-        if npt and not all(a.pbc.all() and a.cell.volume > 1e-6 for a in starts):
-            raise ValueError(
-                "NPT needs periodic structures with a 3D cell; a start structure has no cell or "
-                "pbc is not True in all directions (use NVT for molecules and clusters)"
-            )
-        if device == "cpu":  # this process runs long MD: keep its per-step buffers
-            from ubmd.md.allocator import retain_freed_memory
-
-            retain_freed_memory()
+        net, estimator, calibration = load_model_spec(model, device)
+        check_run_needs(model, estimator, calibration, sampler=sampler, compile=compile_model,
+                        max_uncertainty=max_uncertainty,
+                        max_atomic_uncertainty=max_atomic_uncertainty)  # fmt: skip
+        compile_model = _compile_if_possible(model, estimator, compile_model=compile_model)
+        starts = read_start_structures(list(structures), frames)
+        check_start_structures(starts, net, npt=npt)
         md_model = _md_model(model, net, estimator, calibration, compile=compile_model,
-                             skin_A=skin)  # fmt: skip
+                             skin_A=skin, device=device)  # fmt: skip
         if dtype is None:
             dtype = str(getattr(md_model, "dtype", "float64")).removeprefix("torch.")
-        # hills on the calibrated total uncertainty where the model has it, else the raw one
-        cv_key = (
-            keys.CALIBRATED_UNCERTAINTY
-            if calibration is not None and calibration.c_total is not None
-            else keys.UNCERTAINTY
-        )
-        temp = (
-            temperature
-            if temperature_end is None
-            else LinearRamp(temperature, temperature_end, steps)
-        )
+        temp = temperature if temperature_end is None else LinearRamp(temperature, temperature_end, steps)  # fmt: skip
         config = ExploreConfig(
             sampler="md" if sampler == "adversarial" else sampler, ensemble="npt" if npt else "nvt", temperature_K=temp,
             pressure_GPa=pressure_gpa, timestep_fs=timestep_fs, friction_per_fs=friction,
             n_steps=steps, record_every=record_every, tau_rel=tau_rel,
             tau_stress_rel=tau_stress_rel, window=window,
-            species_weights=_parse_weights(species_weight),
+            species_weights=parse_species_weights(species_weight),
             stop=StopRules(max_steps=steps, min_distance_A=min_distance, max_force_eV_A=max_force,
                            max_atomic_uncertainty=max_atomic_uncertainty,
                            max_uncertainty=max_uncertainty),
             barostat=BarostatConfig(mode="isotropic" if isotropic else "anisotropic"),
             uncertainty_cv=UncertaintyCVConfig(height_eV=hill_height, width=hill_width,
-                                               pace=hill_pace, cv_key=cv_key),
+                                               pace=hill_pace, cv_key=_cv_key(calibration)),
             explorer_id=explorer_id, seed=seed, device=device, dtype=dtype,
         )  # fmt: skip
         if replicas < 1:
             raise ValueError(f"--replicas must be >= 1, got {replicas}")
-        mode = "compiled" if compile_model else "eager"
+        what = _describe(model, net, estimator, calibration)
+        note = f"{threads_note}; {'compiled' if compile_model else 'eager'}"
         if sampler == "adversarial":
-            typer.echo(f"{_describe(model, net, estimator, calibration)}; {len(starts)} "
-                       f"attacks; {threads_note}; {mode}")  # fmt: skip
-            with _nothing_left_on_failure(out):
+            typer.echo(f"{what}; {len(starts)} attacks; {note}")
+            with nothing_left_on_failure(out):
                 _adversarial(md_model, starts, out, training_data=training_data, steps=steps,
                              lr=attack_lr, temperature=temperature, record_every=record_every,
                              stop=config.stop, explorer_id=explorer_id, seed=seed,
                              device=device, dtype=dtype)  # fmt: skip
             return
-        n = len(starts)
-        runs = [starts[k % n] for k in range(replicas)]  # replica k starts from frame k mod n
+        _explore_replicas(config, md_model, starts, out=out, replicas=replicas, what=what,
+                          note=note, t_start=t_start, compile_asked=compile_model)  # fmt: skip
+
+
+def _compile_if_possible(model: str, estimator: Any, *, compile_model: bool) -> bool:
+    """--compile unless the uncertainty hooks into the model where compiled code cannot
+    (then a warning says so and the run is eager)."""
+    if compile_model and estimator is not None and estimator.needs_capture:
         typer.echo(
-            f"{_describe(model, net, estimator, calibration)}; {replicas} replicas from "
-            f"{min(n, replicas)} of {n} start frames (replica k starts from frame k mod {n}); "
-            f"{threads_note}; {mode}"
+            f"warning: {model}'s uncertainty uses {estimator.config.features} features, "
+            "which hook into the model's readout where compiled code cannot: running "
+            "eagerly instead of --compile (a model trained with --features last_layer "
+            "compiles)",
+            err=True,
         )
-        console = Console(stderr=True)
-        columns = (TextColumn("exploring"), BarColumn(), TextColumn("{task.completed}/{task.total} replica-steps"), TimeRemainingColumn())  # fmt: skip
-        t_run = time.perf_counter()
-        with _nothing_left_on_failure(out), Progress(*columns, console=console, transient=True) as bar:  # fmt: skip
-            task = bar.add_task("explore", total=replicas * steps)
-            summary = run_explorer(
-                config, md_model, runs, out_path=out, replicas=replicas,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )  # fmt: skip
-        table = Table(title=f"{summary['n_frames']} candidate frames -> {out}")
-        for col in ("replica", "start frame", "steps", "stop reason"):
-            table.add_column(col)
-        for rid, rec in sorted(summary["replicas"].items()):
-            table.add_row(str(rid), str(rec["start_index"] % n), str(rec["steps"]), rec["stop_reason"])  # fmt: skip
-        Console().print(table)
-        typer.echo(_timings(summary, setup_s=t_run - t_start, compile_asked=compile_model))
+        return False
+    return compile_model
 
 
-def _timings(summary: dict, *, setup_s: float, compile_asked: bool) -> str:
-    """Set-up (loading, compiling, warm-up steps) apart from the steady-state rate."""
+def _cv_key(calibration: Any) -> str:
+    """Hills on the calibrated total uncertainty where the model has it, else the raw one."""
+    from ubmd import keys
+
+    if calibration is not None and calibration.c_total is not None:
+        return keys.CALIBRATED_UNCERTAINTY
+    return keys.UNCERTAINTY
+
+
+def _explore_replicas(
+    config: Any,
+    md_model: Any,
+    starts: list[Any],
+    *,
+    out: Path,
+    replicas: int,
+    what: str,
+    note: str,
+    t_start: float,
+    compile_asked: bool,
+) -> None:
+    """Run the replicas with a progress bar; print where each stopped and the timings
+    (``what``: the model; ``note``: threads and mode; ``t_start``: when the command began)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ubmd.md.explore import run_explorer
+
+    steps = config.n_steps
+    n = len(starts)
+    runs = [starts[k % n] for k in range(replicas)]  # replica k starts from frame k mod n
+    typer.echo(
+        f"{what}; {replicas} replicas from {min(n, replicas)} of {n} start frames (replica k "
+        f"starts from frame k mod {n}); {note}"
+    )
+    console = Console(stderr=True)
+    columns = (TextColumn("exploring"), BarColumn(), TextColumn("{task.completed}/{task.total} replica-steps"), TimeRemainingColumn())  # fmt: skip
+    t_run = time.perf_counter()
+    # two redraws a second: at rich's default ten, the drawing thread takes ~1 % of the CPU
+    # (and the GIL) from the MD steps of a one-thread explorer
+    progress = Progress(*columns, console=console, transient=True, refresh_per_second=2)
+    with nothing_left_on_failure(out), progress as bar:
+        task = bar.add_task("explore", total=replicas * steps)
+        summary = run_explorer(
+            config, md_model, runs, out_path=out, replicas=replicas,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
+    _print_stops(summary, out=out, n_starts=n)
+    typer.echo(_timings(summary, setup_s=t_run - t_start, compile_asked=compile_asked,
+                        replicas=replicas))  # fmt: skip
+
+
+def _print_stops(summary: dict, *, out: Path, n_starts: int) -> None:
+    """One row per replica: its start frame, steps run and why it stopped."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['n_frames']} candidate frames -> {out}")
+    for col in ("replica", "start frame", "steps", "stop reason"):
+        table.add_column(col)
+    for rid, rec in sorted(summary["replicas"].items()):
+        table.add_row(str(rid), str(rec["start_index"] % n_starts), str(rec["steps"]), rec["stop_reason"])  # fmt: skip
+    Console().print(table)
+
+
+def _timings(
+    summary: dict, *, setup_s: float, compile_asked: bool, replicas: int | None = None
+) -> str:
+    """Set-up (loading, compiling, warm-up steps) apart from the steady-state rate; where
+    stopped replicas left slots empty, how many of the ``replicas`` ran on average (fewer
+    atoms per step: a lower rate than a full batch)."""
     setup = setup_s + summary["warmup_s"]
     what = "loading" + (", compiling" if compile_asked else "")
     n = summary["warmup_steps"]
@@ -367,14 +270,10 @@ def _timings(summary: dict, *, setup_s: float, compile_asked: bool) -> str:
         line += "; steady state not reached (too few --steps to measure it)"
     else:
         line += f"; steady state {rate:.0f} atom-steps/s over {summary['steady_steps']} steps"
+        busy = summary.get("steady_mean_replicas")
+        if replicas is not None and busy is not None and busy < replicas - 1e-9:
+            line += f" ({busy:.1f} of {replicas} replicas running on average)"
     return line + f"; wall time {setup_s + summary['wall_time_s']:.1f} s"
-
-
-def _check_training_data(training_data: Path | None) -> None:
-    if training_data is None:
-        raise ValueError("--sampler adversarial needs --training-data (labelled structures for Q)")
-    if not training_data.exists():
-        raise FileNotFoundError(f"training data {training_data} does not exist")
 
 
 def _adversarial(md_model, starts, out: Path, *, training_data: Path | None, steps: int,

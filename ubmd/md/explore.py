@@ -166,11 +166,13 @@ class _Clock:
     atom_steps: int = 0
     t_warm: float | None = None
     atom_steps_warm: int = 0
+    replica_steps_warm: int = 0
 
     def tick(self, state: MDState) -> None:
         """Count the batch step about to run."""
         if self.batch_steps == self.warmup:
             self.t_warm, self.atom_steps_warm = time.perf_counter(), self.atom_steps
+            self.replica_steps_warm = self.replica_steps
         self.batch_steps += 1
         self.replica_steps += state.n_replicas
         self.atom_steps += int(state.n_atoms.sum())
@@ -184,11 +186,15 @@ class _Clock:
             if self.t_warm is None
             else (self.atom_steps - self.atom_steps_warm) / max(t_end - self.t_warm, 1e-9)
         )
+        n_steady = max(0, self.batch_steps - self.warmup)
         return whole, {
             "warmup_steps": min(self.warmup, self.batch_steps),
             "warmup_s": (t_end if self.t_warm is None else self.t_warm) - self.t0,
-            "steady_steps": max(0, self.batch_steps - self.warmup),
+            "steady_steps": n_steady,
             "steady_atom_steps_per_s": steady,
+            "steady_mean_replicas": (self.replica_steps - self.replica_steps_warm) / n_steady
+            if n_steady
+            else None,
         }
 
 
@@ -244,7 +250,8 @@ class _Explorer:
             if self.stress:
                 check_periodic(st)
             ev = initialize(st, self.model, stress=self.stress, bias=self.bias)
-            reasons = check_stops(st, ev, self.config.stop, step_limit=self.limit)
+            reasons = check_stops(st, ev, self.config.stop, step_limit=self.limit,
+                                  model=self.model)  # fmt: skip
             self.pool.started(ids, reasons)
             bad = [r for r in range(len(ids)) if reasons[r]]
             if bad:
@@ -270,7 +277,8 @@ class _Explorer:
 
     def finish_step(self, writer, state: MDState, ev: Evaluation, before: Snapshot) -> MDState:
         """Write the step's frames, end the replicas that stopped, refill their slots."""
-        reasons = check_stops(state, ev, self.config.stop, step_limit=self.limit)
+        reasons = check_stops(state, ev, self.config.stop, step_limit=self.limit,
+                              model=self.model)  # fmt: skip
         steps = state.step.tolist()
         for r in (r for r in range(state.n_replicas) if reasons[r] == "nan"):
             self.write_last_finite(writer, before.replica(state, r))
@@ -310,9 +318,11 @@ def run_explorer(
     ``replicas`` (id -> dict with ``stop_reason``, ``steps``, ``start_index``),
     ``wall_time_s``, ``atom_steps_per_s`` (over the whole run), ``compiled`` (the model ran
     compiled code), and the steady state apart from the warm-up: ``warmup_s`` (start-up,
-    compiling and the first ``warmup_steps`` batch steps), ``steady_steps`` and
-    ``steady_atom_steps_per_s`` (None when the run is not longer than the warm-up). The
-    warm-up is ``min(10, max(1, n_steps // 10))`` batch steps.
+    compiling and the first ``warmup_steps`` batch steps), ``steady_steps``,
+    ``steady_atom_steps_per_s`` and ``steady_mean_replicas`` (replicas per batch step on
+    average: below ``replicas`` once stopped replicas leave slots empty; None when the run
+    is not longer than the warm-up). The warm-up is ``min(10, max(1, n_steps // 10))``
+    batch steps.
     """
     from ubmd.md.adapter import as_md_model
 

@@ -7,6 +7,9 @@ it is a new replica. Every step keeps the candidates closer than
 ``cutoff`` (one gather and norm in torch), so the model sees exactly the pairs a fresh
 search would give, while the search itself runs every few tens of steps instead of every
 step. Decisions are per replica, so a replica's list never depends on its batch mates.
+
+The candidates' distances of the last call also answer the explorer's stop rule on atoms
+too close (:meth:`VerletLists.min_distances`): no all-pairs distances of its own per step.
 """
 
 from __future__ import annotations
@@ -30,6 +33,18 @@ class _ReplicaList:
     shifts: torch.Tensor  # (e, 3) int64 cell shifts
 
 
+@dataclass(frozen=True)
+class _Pairs:
+    """Squared distances of the candidate pairs of one ``graph`` call, and what they are of."""
+
+    positions: torch.Tensor  # the state's positions tensor itself (not a copy)
+    version: int  # its in-place version counter then
+    cell: torch.Tensor  # the state's cell tensor itself
+    cell_version: int
+    replica: torch.Tensor  # (e,) batch index of each pair's replica
+    d2: torch.Tensor  # (e,) squared distances, Å^2
+
+
 class VerletLists:
     """Neighbour lists of a batch of replicas, refreshed lazily (see module docstring).
 
@@ -50,6 +65,7 @@ class VerletLists:
         self._lists: dict[int, _ReplicaList] = {}
         self._last_layout: tuple | None = None  # (replica ids, atom counts) of the last call
         self.n_searches = 0  # replica searches done (for tests and benchmarks)
+        self._pairs: _Pairs | None = None  # candidate distances of the last graph() call
 
     def _search(self, pos: torch.Tensor, cell: torch.Tensor, pbc, numbers) -> _ReplicaList:
         if self.species is not None:
@@ -150,17 +166,24 @@ class VerletLists:
                 torch.as_tensor(offsets[:-1], device=pos.device), counts
             )
             self._edges = torch.cat([lst.edges for lst in lists], dim=1) + shift
+            self._edge_replica = torch.repeat_interleave(
+                torch.arange(len(lists), device=pos.device), counts
+            )
             self._shifts = torch.cat([lst.shifts for lst in lists]).to(state.dtype)
             self._periodic = bool(self._shifts.any())
             self._last_layout = layout
         edge_index, cell_shifts = self._edges, self._shifts
+        self._pairs = None
         if self.skin > 0 and edge_index.shape[1]:
             i, j = edge_index
             vec = pos[j] - pos[i]
             if self._periodic:
                 vec = vec + torch.einsum("ei,eij->ej", cell_shifts, state.cell[state.batch[i]])
-            keep = (vec * vec).sum(-1) < self.cutoff**2
+            d2 = (vec * vec).sum(-1)
+            keep = d2 < self.cutoff**2
             edge_index, cell_shifts = edge_index[:, keep], cell_shifts[keep]
+            self._pairs = _Pairs(state.positions, state.positions._version, state.cell,
+                                 state.cell._version, self._edge_replica, d2)  # fmt: skip
         edge_index, cell_shifts = both_directions(edge_index, cell_shifts)
         return Graph(
             numbers=state.numbers,
@@ -174,3 +197,28 @@ class VerletLists:
             strain=torch.zeros_like(state.cell),
             half_edges=True,
         )
+
+    def min_distances(self, state: MDState, bound: float) -> torch.Tensor | None:
+        """(R,) smallest distance between two atoms of each replica (Å; inf where no pair
+        is within the cutoff, NaN where a position is not finite), exact below ``bound``,
+        from the candidate pairs of the last :meth:`graph` call: no search, no all-pairs
+        distances. None where that call was not for ``state``'s current positions and cell
+        (moved, changed in place, another batch), where ``bound`` exceeds the cutoff, and
+        with ``skin_A = 0`` (no candidates kept).
+
+        Every pair closer than the cutoff is a candidate; periodic images count as in the
+        model (an atom and its own image in a cell shorter than the cutoff too).
+        """
+        pairs = self._pairs
+        if (
+            pairs is None
+            or bound > self.cutoff
+            or pairs.positions is not state.positions
+            or pairs.version != state.positions._version
+            or pairs.cell is not state.cell
+            or pairs.cell_version != state.cell._version
+        ):
+            return None
+        d2 = pairs.d2
+        out = torch.full((state.n_replicas,), float("inf"), dtype=d2.dtype, device=d2.device)
+        return out.scatter_reduce(0, pairs.replica, d2, "amin").sqrt()

@@ -198,7 +198,8 @@ def run_adversarial(
         for it in range(1, config.n_iterations + 1):
             state.positions = (x0 + delta).detach()
             ev = _attack_step(state, model, target, delta, opt, live)
-            reasons = check_stops(state, ev, config.stop, step_limit=config.n_iterations)
+            reasons = check_stops(state, ev, config.stop, step_limit=config.n_iterations,
+                                  model=model)  # fmt: skip
             rows = [r for r in live.tolist() if reasons[r] or it % config.record_every == 0]
             if rows:
                 writer.append(frames_from(state, ev, rows, [reasons[r] for r in rows],

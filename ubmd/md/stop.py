@@ -6,6 +6,11 @@ closer than ``min_distance_A``), ``force`` (max |F_model| above ``max_force_eV_A
 single-pass biased steps the total force, see :mod:`ubmd.md.evaluation`),
 ``atomic_uncertainty`` / ``uncertainty`` (calibrated uncertainty above a threshold; the
 model must carry a calibration), ``max_steps``.
+
+The checks run after every step of every replica, so they stay cheap: the too-close rule
+takes the pair distances the model's neighbour lists computed for that step's force call
+(where the model has them, :meth:`ubmd.md.neighbours.VerletLists.min_distances`) instead of
+all pairs again, and the reasons of all replicas come back to the host in one transfer.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from ubmd.md.evaluation import Evaluation
 from ubmd.md.state import MDState, segment_sum
 
 REASONS = ("nan", "too_close", "force", "atomic_uncertainty", "uncertainty", "max_steps")
+_FINITE_KEYS = (keys.UNCERTAINTY, keys.CALIBRATED_UNCERTAINTY)  # per-replica outputs checked
 
 
 @dataclass(frozen=True)
@@ -112,27 +118,44 @@ def min_distances(state: MDState, bound: float | None = None) -> torch.Tensor:
     return dist.flatten(1).amin(1)
 
 
+def _too_close_distances(state: MDState, bound: float, model) -> torch.Tensor:
+    """min_distances(state, bound), from the model's neighbour lists of this very state when
+    it keeps them (its last force call was for these positions), else computed here."""
+    lists = getattr(model, "neighbours", None)
+    known = lists.min_distances(state, bound) if hasattr(lists, "min_distances") else None
+    return min_distances(state, bound) if known is None else known
+
+
 def check_stops(
-    state: MDState, ev: Evaluation, rules: StopRules, *, step_limit: int | None = None
+    state: MDState,
+    ev: Evaluation,
+    rules: StopRules,
+    *,
+    step_limit: int | None = None,
+    model=None,
 ) -> list[str]:
-    """Reason per replica ("" = keep going) after the evaluation ``ev`` of ``state``."""
+    """Reason per replica ("" = keep going) after the evaluation ``ev`` of ``state``.
+
+    ``model``: the model that made ``ev``; one with Verlet lists (:class:`UBMDModel
+    <ubmd.md.adapter.UBMDModel>`) gives the too-close rule its pair distances.
+    """
     R, b = state.n_replicas, state.batch
-    reasons = [""] * R
+    masks: list[torch.Tensor] = []  # (R,) bool per rule, in the order of precedence
+    names: list[str] = []
 
     def mark(mask: torch.Tensor, reason: str) -> None:
-        for r in torch.nonzero(mask).flatten().tolist():
-            if not reasons[r]:
-                reasons[r] = reason
+        masks.append(mask)
+        names.append(reason)
 
-    finite_atom = torch.isfinite(state.positions).all(-1) & torch.isfinite(ev.forces).all(-1)
+    # (few, batch-wide tensor operations: they run after every step)
+    finite_atom = torch.isfinite(torch.cat([state.positions, ev.forces], 1)).all(1)
     bad = segment_sum((~finite_atom).to(torch.long), b, R) > 0
-    bad |= ~torch.isfinite(ev.energy) | ~torch.isfinite(state.cell).flatten(1).all(-1)
-    for key in (keys.UNCERTAINTY, keys.CALIBRATED_UNCERTAINTY):
-        if key in ev.outputs:
-            bad |= ~torch.isfinite(ev.outputs[key])
-    mark(bad, "nan")
+    per_replica = [ev.energy, state.cell] + [ev.outputs[k] for k in _FINITE_KEYS if k in ev.outputs]
+    per_replica = [t.flatten(1) if t.ndim > 1 else t[:, None] for t in per_replica]
+    mark(bad | ~torch.isfinite(torch.cat(per_replica, 1)).all(1), "nan")
     if rules.min_distance_A is not None:
-        mark(min_distances(state, rules.min_distance_A) < rules.min_distance_A, "too_close")
+        d_min = _too_close_distances(state, rules.min_distance_A, model)
+        mark(d_min < rules.min_distance_A, "too_close")
     if rules.max_force_eV_A is not None:
         fmax = torch.zeros(R, dtype=state.dtype, device=state.device)
         fnorm = ev.model_forces.norm(dim=-1).nan_to_num(float("inf"))
@@ -152,4 +175,5 @@ def check_stops(
     limit = rules.max_steps if step_limit is None else step_limit
     if limit is not None:
         mark(state.step >= limit, "max_steps")
-    return reasons
+    fired = torch.stack(masks).T.tolist()  # one transfer to the host: (R, rules)
+    return [names[row.index(True)] if True in row else "" for row in fired]
