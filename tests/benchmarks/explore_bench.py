@@ -42,16 +42,23 @@ DATA = Path(__file__).resolve().parents[2] / "data" / "ala2" / "ala2_xtb_300K.ex
 SPECIES = [1, 6, 7, 8]
 
 
-def batched_runner(md_model, frames, n_rep, bias=None):
-    """A function running k steps of n_rep replicas in one batch (after a warm-up)."""
+def batched_runner(md_model, frames, n_rep, bias=None, *, npt=None):
+    """A function running k steps of n_rep replicas in one batch (after a warm-up), on the
+    model's device. ``npt``: keyword arguments of ``npt_step`` (pressure_eV_A3, barostat,
+    ...) to run NPT with the stress (and the stress bias, if ``bias`` has one) instead of
+    Langevin NVT."""
     state = make_state([frames[k % len(frames)] for k in range(n_rep)], temperature_K=300,
                        seed=1, window=bias.window_samples if bias else 1,
-                       dtype=getattr(md_model, "dtype", torch.float64))  # fmt: skip
-    initialize(state, md_model, bias=bias)
+                       dtype=getattr(md_model, "dtype", torch.float64),
+                       device=getattr(md_model, "device", "cpu"))  # fmt: skip
+    initialize(state, md_model, bias=bias, stress=npt is not None)
 
     def run(k: int) -> None:
         for _ in range(k):
-            langevin_step(state, md_model, timestep_fs=0.5, temperature_K=300, bias=bias)
+            if npt is not None:
+                npt_step(state, md_model, timestep_fs=0.5, temperature_K=300, bias=bias, **npt)
+            else:
+                langevin_step(state, md_model, timestep_fs=0.5, temperature_K=300, bias=bias)
 
     run(3)  # warm-up (and fills a short bias window)
     if bias is not None:
@@ -59,14 +66,19 @@ def batched_runner(md_model, frames, n_rep, bias=None):
     return run
 
 
-def min_times(runners: dict, steps: int, rounds: int) -> dict:
+def min_times(runners: dict, steps: int, rounds: int, sync=None) -> dict:
     """Seconds per step of each runner: minimum over interleaved rounds (the machine may be
-    shared, so interleaving and the minimum keep the ratios fair)."""
+    shared, so interleaving and the minimum keep the ratios fair). ``sync``: called before
+    each clock reading (``torch.cuda.synchronize`` on a GPU: kernels run asynchronously)."""
     best = dict.fromkeys(runners, float("inf"))
     for _ in range(rounds):
         for name, run in runners.items():
+            if sync is not None:
+                sync()
             t0 = time.perf_counter()
             run(steps)
+            if sync is not None:
+                sync()
             best[name] = min(best[name], (time.perf_counter() - t0) / steps)
     return best
 

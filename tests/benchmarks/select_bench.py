@@ -41,21 +41,27 @@ def _current_rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def run_case(n: int, method: str, kernel: str, threads: int, t: int) -> dict:
+def features(n: int, t: int, k: int = K):
+    """(pool (n, k), train (t, k)) float32 features with a decaying spectrum, seeded."""
     import numpy as np
+
+    rng = np.random.default_rng(0)
+    mix = (rng.standard_normal((k, k)) * np.geomspace(1.0, 1e-3, k)[None, :]).astype(np.float32)
+    pool = np.empty((n, k), dtype=np.float32)
+    for i in range(0, n, 10_000):  # chunked, so generating the data does not set the peak
+        rows = min(10_000, n - i)
+        pool[i : i + rows] = rng.standard_normal((rows, k), dtype=np.float32) @ mix.T
+    train = rng.standard_normal((t, k), dtype=np.float32) @ mix.T
+    return pool, train
+
+
+def run_case(n: int, method: str, kernel: str, threads: int, t: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     from ubmd.select import d_optimal, select_batch
 
-    rng = np.random.default_rng(0)
-    mix = (rng.standard_normal((K, K)) * np.geomspace(1.0, 1e-3, K)[None, :]).astype(np.float32)
-    pool = np.empty((n, K), dtype=np.float32)
-    for i in range(0, n, 10_000):  # chunked, so generating the data does not set the peak
-        rows = min(10_000, n - i)
-        pool[i : i + rows] = rng.standard_normal((rows, K), dtype=np.float32) @ mix.T
-    train = rng.standard_normal((t, K), dtype=np.float32) @ mix.T
-    del mix
+    pool, train = features(n, t)
     before = _current_rss_mb()
     t0 = time.perf_counter()
     if method == "d_optimal":

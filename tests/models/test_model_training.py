@@ -155,3 +155,21 @@ def test_huber_loss_is_the_squared_error_below_its_deltas_and_linear_above():
         config(loss="l1")
     with pytest.raises(ValueError, match="huber_delta_forces"):
         config(huber_delta_forces=0.0)
+
+
+def test_a_training_step_leaves_the_loss_parts_on_the_device():
+    """parts=False (what a training step asks for) gives the same loss and no parts: reading
+    the parts as floats would wait for a GPU once per batch; validation still reads them."""
+    from ubmd.models import data as mdata
+    from ubmd.models.training_run import batch_loss
+
+    data = emt_dataset()
+    model, history = train_model(config(max_epochs=1), data)
+    arrays = mdata.labelled_arrays(data)
+    samples = mdata.make_samples(arrays, cutoff=model.cutoff, device="cpu", dtype=model.dtype)
+    batch = mdata.Sample.collate(samples)
+    loss, parts = batch_loss(model, batch, config(), train=True)
+    loss_np, none = batch_loss(model, batch, config(), train=True, parts=False)
+    assert none == {} and set(parts) == {"energy_mse", "forces_mse", "stress_mse"}
+    assert torch.equal(loss.detach(), loss_np.detach()) and loss_np.requires_grad
+    assert isinstance(history[0]["train_loss"], float) and history[0]["train_loss"] > 0

@@ -26,8 +26,13 @@ if TYPE_CHECKING:
     from ubmd.models.train import TrainConfig
 
 
-def batch_loss(model, sample: mdata.Sample, config: TrainConfig, *, train: bool):
-    """Weighted loss and its parts (energy per atom, force and stress MSE) for one batch."""
+def batch_loss(model, sample: mdata.Sample, config: TrainConfig, *, train: bool,
+               parts: bool = True):  # fmt: skip
+    """Weighted loss and its parts (energy per atom, force and stress MSE) for one batch.
+
+    ``parts=False`` leaves the parts out (an empty dict): reading them as Python floats waits
+    for the device, which a training step does not need to do (one wait per batch on a GPU).
+    """
     want_stress = config.stress_weight > 0 and bool(sample.has_stress.any())
     out = compute(model, sample.graph, forces=True, stress=want_stress, create_graph=train)
     n = sample.graph.n_atoms.to(sample.energy.dtype)
@@ -39,13 +44,13 @@ def batch_loss(model, sample: mdata.Sample, config: TrainConfig, *, train: bool)
     else:
         e_pen, f_pen = e_mse, f_mse
     loss = config.energy_weight * e_pen + config.forces_weight * f_pen
-    parts = {"energy_mse": float(e_mse.detach()), "forces_mse": float(f_mse.detach())}
+    values = {"energy_mse": e_mse, "forces_mse": f_mse}
     if want_stress:
         mask = sample.has_stress
         s_mse = ((out["stress"][mask] - sample.stress[mask]) ** 2).mean()
         loss = loss + config.stress_weight * s_mse
-        parts["stress_mse"] = float(s_mse.detach())
-    return loss, parts
+        values["stress_mse"] = s_mse
+    return loss, ({k: float(v.detach()) for k, v in values.items()} if parts else {})
 
 
 def _huber(x: torch.Tensor, delta: float) -> torch.Tensor:
@@ -129,18 +134,22 @@ class TrainingRun:
         gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=gen).tolist()
         model.train()
-        train_sum, seen = 0.0, 0
+        # the running sum stays on the device (float64, the same sum as Python floats would
+        # give; MPS has no float64): read once per epoch, not once per batch
+        dev = model.energy_shift.device
+        acc = torch.float32 if dev.type == "mps" else torch.float64
+        train_sum, seen = torch.zeros((), dtype=acc, device=dev), 0
         for start in range(0, n, config.batch_size):
             idx = order[start : start + config.batch_size]
             batch = mdata.Sample.collate([train_samples[k] for k in idx])
-            loss, _ = batch_loss(model, batch, config, train=True)
+            loss, _ = batch_loss(model, batch, config, train=True, parts=False)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             self.optimizer.step()
             self._update_ema()
-            train_sum += float(loss.detach()) * len(idx)
+            train_sum = train_sum + loss.detach().to(acc) * len(idx)
             seen += len(idx)
         model.eval()
         with self._ema_weights():
@@ -160,7 +169,7 @@ class TrainingRun:
             self.since_best += 1
         record = {
             "epoch": epoch,
-            "train_loss": train_sum / seen,
+            "train_loss": float(train_sum) / seen,
             "valid_loss": valid["loss"],
             "valid_energy_rmse": float(np.sqrt(valid["energy_mse"])),
             "valid_forces_rmse": float(np.sqrt(valid["forces_mse"])),
