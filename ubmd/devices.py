@@ -31,3 +31,13 @@ def check_device_here(name: str | None, *, where: str = "--device") -> str | Non
         if not present:
             raise ValueError(f"{where} {name!r}: torch sees no such device on this machine")
     return name
+
+
+def resolve_device(name: str | None) -> str:
+    """``"auto"`` (or None) -> ``"cuda"`` when torch sees a GPU (parsl binds one per worker),
+    else ``"cpu"``; any other name as it is. Every command and campaign step resolves here."""
+    if name not in (None, "auto"):
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -6,19 +6,13 @@ import hashlib
 from typing import Any
 
 from ubmd.campaign.config import CampaignConfig
+from ubmd.devices import resolve_device
+
+__all__ = ["as_config", "resolve_device", "task_seed"]
 
 
 def as_config(cfg: dict[str, Any] | CampaignConfig) -> CampaignConfig:
     return cfg if isinstance(cfg, CampaignConfig) else CampaignConfig.model_validate(cfg)
-
-
-def resolve_device(name: str) -> str:
-    """ "auto" -> "cuda" when a GPU is visible (parsl binds one per worker), else "cpu"."""
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def task_seed(config: CampaignConfig, *parts: Any) -> int:

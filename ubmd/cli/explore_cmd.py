@@ -110,7 +110,7 @@ def explore(
     frames: str = typer.Option(":", "--frames", help="Frames of each file to start from (ASE index: : every frame, -1 the last, 0:10:2)."),
     explorer_id: int = typer.Option(0, "--explorer-id", help="Explorer index written with the candidates."),
     seed: int = typer.Option(0, "--seed", help="Random seed (each replica derives its own)."),
-    device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="torch device: auto (a GPU if torch sees one, else cpu), cpu, cuda, cuda:N."),
     dtype: str | None = typer.Option(None, "--dtype", help="float64 or float32 (default: the model's)."),
     compile_model: bool = typer.Option(False, "--compile", help="Run a torch.compile'd copy of the model: compiling takes a while (10-40 s on 2 CPU cores), then steps are faster; for long runs. Sketched-gradient uncertainties run eagerly (with a warning)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch intra-op threads (default: torch's, printed); one per explorer is fastest for compiled explorers on CPU."),
@@ -119,14 +119,14 @@ def explore(
     """Run a one-off (biased) MD exploration; see `ubmd explore --help`."""
     with user_errors():
         t_start = time.perf_counter()
-        from ubmd.devices import check_device_here
+        from ubmd.devices import check_device_here, resolve_device
         from ubmd.md.explore import ExploreConfig
         from ubmd.md.integrators import BarostatConfig
         from ubmd.md.samplers import UncertaintyCVConfig
         from ubmd.md.schedule import LinearRamp
         from ubmd.md.stop import StopRules
 
-        check_device_here(device)
+        device = resolve_device(check_device_here(device))
         if sampler == "adversarial":
             check_training_data(training_data)
         check_out(out, append)

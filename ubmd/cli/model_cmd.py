@@ -331,19 +331,19 @@ def evaluate(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="Model file written by `ubmd train`."),
     data: list[Path] = typer.Argument(..., help="Labelled test data: extxyz files or ubmd stores (.h5)."),
     calibration: bool = typer.Option(False, "--calibration", help="Also print the empirical coverage of the calibrated uncertainties stored with the model."),
-    device: str | None = typer.Option(None, "--device", help="torch device (default: cpu)."),
+    device: str = typer.Option("auto", "--device", help="torch device: auto (a GPU if torch sees one, else cpu), cpu, cuda, cuda:N."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Structures per evaluation batch."),
 ) -> None:  # fmt: skip
     with user_errors():
         from rich.console import Console
         from rich.table import Table
 
-        from ubmd.devices import check_device_here
+        from ubmd.devices import check_device_here, resolve_device
         from ubmd.models import load_model
         from ubmd.models.metrics import error_metrics
 
-        check_device_here(device)
-        net = load_model(model_path, device=device or "cpu")
+        device = resolve_device(check_device_here(device))
+        net = load_model(model_path, device=device)
         m = error_metrics(net, [str(p) for p in data], batch_size=batch_size)
         table = Table(
             title=f"{model_path.name} on {m['n_structures']} structures ({m['n_atoms']} atoms)"
@@ -356,7 +356,7 @@ def evaluate(
             table.add_row(f"stress ({m['n_stress']} structures)", f"{m['stress_mae'] * 1000:.3f}", f"{m['stress_rmse'] * 1000:.3f}", "meV/Å³")  # fmt: skip
         Console().print(table)
         if calibration:
-            _print_coverage(model_path, [str(p) for p in data], batch_size=batch_size, device=device or "cpu")  # fmt: skip
+            _print_coverage(model_path, [str(p) for p in data], batch_size=batch_size, device=device)  # fmt: skip
 
 
 def _print_coverage(model_path: Path, data: list[str], *, batch_size: int, device: str) -> None:

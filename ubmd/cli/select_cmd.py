@@ -40,7 +40,11 @@ def select(
         help="Treat training points as already picked (BMDAL 'TP' mode).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for random and kmeans_pp."),
-    device: str | None = typer.Option(None, "--device", help="torch device, e.g. cuda:0."),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="torch device: auto (a GPU if torch sees one, else cpu), cpu, cuda, cuda:N.",
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the picks as JSON here."),
     structures: Path | None = typer.Option(
         None,
@@ -56,11 +60,11 @@ def select(
     from ubmd.cli.errors import user_errors
 
     with user_errors():
-        from ubmd.devices import check_device_here
+        from ubmd.devices import check_device_here, resolve_device
         from ubmd.select import select_batch
         from ubmd.select.io import load_features
 
-        check_device_here(device)
+        device = resolve_device(check_device_here(device))
         frames = _candidate_frames(pool, structures) if structures is not None else None
         feats, unc = load_features(pool)
         train_feats = load_features(train)[0] if train is not None else None
@@ -169,7 +173,11 @@ def design(
     plot: Path | None = typer.Option(
         None, "--plot", help="Save a PNG: sorted gains and the training eigenvalue spectrum."
     ),
-    device: str | None = typer.Option(None, "--device", help="torch device, e.g. cuda:0."),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="torch device: auto (a GPU if torch sees one, else cpu), cpu, cuda, cuda:N.",
+    ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Write the report (with per-candidate gains) as JSON here."
     ),
@@ -186,11 +194,11 @@ def design(
         from rich.console import Console
         from rich.table import Table
 
-        from ubmd.devices import check_device_here
+        from ubmd.devices import check_device_here, resolve_device
         from ubmd.select import design_report, plot_design_report
         from ubmd.select.io import load_features
 
-        check_device_here(device)
+        device = resolve_device(check_device_here(device))
         if plot is not None:
             _check_plot_file(plot)
         feats, _ = load_features(pool)
