@@ -112,6 +112,9 @@ def final_row(directory: Path) -> dict:
     if plane:
         row["E_plane"] = 1000 * plane["energy_rmse_eV_atom"]
         row["F_plane"] = plane["force_rmse_eV_A"]
+    explored = explored_coverage(directory)
+    if explored is not None:
+        row["coverage_explored"] = explored
     volumes = label_volumes(directory / "store.h5")
     if len(volumes):
         row["V_min"], row["V_max"] = float(volumes.min()), float(volumes.max())
@@ -119,6 +122,29 @@ def final_row(directory: Path) -> dict:
         row["n_between"] = int(((volumes >= CLOSED_A3) & (volumes <= OPEN_A3)).sum())
         row["n_open"] = int((volumes > OPEN_A3).sum())
     return row
+
+
+def explored_coverage(directory: Path) -> float | None:
+    """Ramachandran coverage of every candidate frame the explorers recorded (all iterations),
+    beside ``coverage`` (of the labels): how much of the plane the trajectories visited, of
+    which the selection labels a few. None for a system with no alanine backbone."""
+    import h5py
+
+    from ubmd.campaign.ramachandran import phi_psi, quadtree_coverage
+
+    angles = []
+    for path in sorted(directory.glob("iter_*/explore/explorer_*.h5")):
+        with h5py.File(path, "r") as f:
+            positions, numbers = f["positions"][()], f["numbers"][()]
+            ends = np.cumsum(f["n_atoms"][()])
+        for pos, z in zip(
+            np.split(positions, ends[:-1]), np.split(numbers, ends[:-1]), strict=True
+        ):
+            try:
+                angles.append(np.reshape(phi_psi(pos, z), (-1, 2)))
+            except ValueError:
+                return None
+    return quadtree_coverage(np.concatenate(angles)) if angles else None
 
 
 PHASE_LINE = re.compile(r"^\[\s*([\d.]+)s\] iteration (\d+) (\w[\w ]*?):")
