@@ -30,24 +30,31 @@ WORKER_PORT = "<worker-port>"
 
 
 class CostModel(BaseModel):
-    """Assumed task durations on one worker of the executor the task runs on (rough; edit them
-    for your machine and pass the file with ``--costs``). Core-hours = duration x the worker's
-    cores (``cores_per_worker``); GPU-hours = duration x 1 when the executor has GPUs."""
+    """Assumed task durations on one worker of the executor the task runs on. Core-hours =
+    duration x the worker's cores (``cores_per_worker``); GPU-hours = duration x 1 when the
+    executor has GPUs.
+
+    The defaults are task durations measured on a 2-core CPU for the 22-atom alanine dipeptide
+    (quickstart and ala2_paper, ``reports/roles.json``: training 0.2-0.3 s per epoch per 100
+    structures, MD about 1 ms per step per replica, calibrate 0.1 s, select 0.2 s, report
+    1.5 s), rounded up; the DFT label times are typical cluster figures. For larger systems scale
+    MD and training by the number of atoms, on GPU nodes by the speed-up measured there, and
+    pass your own figures in a file with ``--costs``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    train_s_per_epoch_per_100_structures: float = Field(2.0, gt=0)
-    md_ms_per_step_per_replica: float = Field(5.0, gt=0)
+    train_s_per_epoch_per_100_structures: float = Field(0.3, gt=0)
+    md_ms_per_step_per_replica: float = Field(1.0, gt=0)
     label_minutes: dict[str, float] = {
-        "xtb": 0.05,
+        "xtb": 0.01,
         "emt": 0.001,
-        "amber": 0.01,
+        "amber": 0.001,
         "cp2k": 15.0,
         "vasp": 30.0,
     }
-    calibrate_minutes: float = Field(1.0, gt=0)
-    select_minutes: float = Field(1.0, gt=0)
-    report_minutes: float = Field(1.0, gt=0)
+    calibrate_minutes: float = Field(0.05, gt=0)
+    select_minutes: float = Field(0.05, gt=0)
+    report_minutes: float = Field(0.05, gt=0)
 
 
 @dataclass
