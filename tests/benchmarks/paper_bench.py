@@ -301,6 +301,7 @@ def main() -> None:
         help="copy each campaign's final model, store, summary and plots to EXPORT/NAME/",
     )
     args = parser.parse_args()
+    args.variants = args.variants or DEFAULT_VARIANTS.get(args.scale, ["biased", "unbiased"])
     args.out = (
         args.out.resolve()
     )  # campaign files resolve a relative directory from their own folder
