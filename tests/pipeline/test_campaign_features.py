@@ -16,6 +16,7 @@ import yaml
 from ubmd import keys
 from ubmd.campaign.frames import read_frames
 from ubmd.campaign.layout import CampaignLayout, read_json
+from ubmd.campaign.learning import energy_above_minimum
 from ubmd.md.writer import read_candidates
 from ubmd.store import StructureStore
 
@@ -73,11 +74,19 @@ def test_ensemble_from_store_with_labelled_data_stops_at_label_budget(shrunk, tm
     its = _iterations(layout.store)
     # 6 imported (iteration -1), 10 displacements (0), 3 + 3 by active learning
     assert [int((its == i).sum()) for i in (-1, 0, 1, 2, 3)] == [6, 10, 3, 3, 0]
-    # iteration 2 explored from the system's structure and iteration 1's three labels
+    # iteration 2 explored from the system's structure and those of iteration 1's three labels
+    # that training keeps (model.max_energy_above_min_eV_atom of the quickstart)
+    limit = (
+        yaml.safe_load(config.read_text())["model"].get("max_energy_above_min_eV_atom") or np.inf
+    )
     with StructureStore.open(layout.store, mode="r") as st:
-        labelled_1 = {a.positions.tobytes() for a in st.read_atoms(iteration=1, status="ok")}
+        ok = st.read_arrays(status="ok")
+        kept = (ok[keys.ITERATION] == 1) & (energy_above_minimum(ok) <= limit)
+        atoms = st.read_atoms(indices=st.select(status="ok")[kept])
+    labelled_1 = {a.positions.tobytes() for a in atoms}
     starts = read_frames(layout.starts(2))
-    assert len(starts) == 4 and {a.positions.tobytes() for a in starts[1:]} == labelled_1
+    assert len(starts) == 1 + len(labelled_1)
+    assert {a.positions.tobytes() for a in starts[1:]} == labelled_1
     assert len(read_frames(layout.starts(1))) == 1
     # an ensemble of two members all the way to the final model
     assert layout.final_member(0).exists() and layout.final_member(1).exists()

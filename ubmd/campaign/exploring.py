@@ -14,7 +14,7 @@ from ubmd.campaign.config import CampaignConfig
 from ubmd.campaign.frames import read_frames, structure_key, write_frames, write_npy
 from ubmd.campaign.labels import ORIGIN_FIELDS
 from ubmd.campaign.layout import atomic_path
-from ubmd.campaign.learning import structure_features, training_split
+from ubmd.campaign.learning import energy_above_minimum, structure_features, training_split
 
 
 def write_starts(
@@ -32,11 +32,27 @@ def write_starts(
             atoms.info = {"system": name}
             frames.append(atoms)
     if config.exploration.start_from == "store" and iteration > 1:
-        for atoms in store.read_atoms(iteration=iteration - 1, status=keys.STATUS_OK):
+        for atoms in store.read_atoms(indices=store_starts(config, store, iteration)):
             atoms.calc = None
             atoms.info = {"system": "store"}
             frames.append(atoms)
     write_frames(path, frames)
+
+
+def store_starts(config: CampaignConfig, store: Any, iteration: int) -> np.ndarray:
+    """Rows of the previous iteration's ok labels to start from. With
+    ``model.max_energy_above_min_eV_atom``, those that far above the lowest label of their
+    composition are left out, as in training: biased MD started from the high-energy frontier
+    climbs further each iteration (quickstart, docs/results.md)."""
+    rows = store.select(status=keys.STATUS_OK)
+    if len(rows) == 0:
+        return rows
+    arrays = store.read_arrays(indices=rows)
+    keep = arrays[keys.ITERATION] == iteration - 1
+    limit = config.model.max_energy_above_min_eV_atom
+    if limit is not None:
+        keep &= energy_above_minimum(arrays) <= limit
+    return rows[keep]
 
 
 def explorer_model(bundle: str, device: str, *, compile: bool = False, skin_A: float = 1.0) -> Any:
