@@ -143,7 +143,9 @@ class Streaming:
         self.t = 0.0
         self.events: list[_Event] = []
         self.version, self.training = 1, False
-        self.pool: list[tuple[int, int]] = []  # (model version, candidates)
+        # candidates pooled per model version (a dict: the pool can hold millions of segments'
+        # candidates while slow labels keep selections waiting)
+        self.pool: dict[int, int] = {}
         self.queue = 0  # picks waiting for a label slot
         self.labelling, self.selecting = 0, False
         self.stored, self.in_snapshot, self.picked = 0, 0, 0
@@ -169,7 +171,7 @@ class Streaming:
         return {"wall_s": self.t, "work": self.work}
 
     def on_segment(self, version: int) -> None:
-        self.pool.append((version, self.c.candidates_per_segment))
+        self.pool[version] = self.pool.get(version, 0) + self.c.candidates_per_segment
         self.after(self.rng.choice(self.d.segment), "segment", version=self.version)
 
     def on_select(self, picks: int) -> None:
@@ -192,10 +194,10 @@ class Streaming:
             self.work["train"] += train
             self.after(train, "trained")
         oldest = self.version - c.max_staleness
-        pooled = sum(n for v, n in self.pool if v >= oldest)
+        pooled = sum(n for v, n in self.pool.items() if v >= oldest)
         room = c.budget - self.picked
         if not self.selecting and not self.queue and room > 0 and pooled >= c.pool_factor * c.batch:
-            self.selecting, self.pool = True, []
+            self.selecting, self.pool = True, {}
             picks = min(c.batch, room)
             self.picked += picks
             self.after(self.rng.choice(self.d.select), "select", picks=picks)
