@@ -44,14 +44,14 @@ def store_starts(config: CampaignConfig, store: Any, iteration: int) -> np.ndarr
     ``model.max_energy_above_min_eV_atom``, those that far above the lowest label of their
     composition are left out, as in training: biased MD started from the high-energy frontier
     climbs further each iteration (quickstart, docs/results.md)."""
-    rows = store.select(status=keys.STATUS_OK)
+    limit = config.model.max_energy_above_min_eV_atom
+    if limit is None:
+        return store.select(iteration=iteration - 1, status=keys.STATUS_OK)
+    rows = store.select(status=keys.STATUS_OK)  # the minimum is over every label
     if len(rows) == 0:
         return rows
     arrays = store.read_arrays(indices=rows)
-    keep = arrays[keys.ITERATION] == iteration - 1
-    limit = config.model.max_energy_above_min_eV_atom
-    if limit is not None:
-        keep &= energy_above_minimum(arrays) <= limit
+    keep = (arrays[keys.ITERATION] == iteration - 1) & (energy_above_minimum(arrays) <= limit)
     return rows[keep]
 
 
