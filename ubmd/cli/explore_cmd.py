@@ -120,6 +120,10 @@ def explore(
     with user_errors():
         t_start = time.perf_counter()
         from ubmd.devices import check_device_here, resolve_device
+        from ubmd.md.explore import ExploreConfig
+        from ubmd.md.integrators import BarostatConfig
+        from ubmd.md.samplers import UncertaintyCVConfig
+        from ubmd.md.schedule import LinearRamp
         from ubmd.md.stop import StopRules
 
         device = resolve_device(check_device_here(device))
@@ -138,15 +142,19 @@ def explore(
                              skin_A=skin, device=device)  # fmt: skip
         if dtype is None:
             dtype = str(getattr(md_model, "dtype", "float64")).removeprefix("torch.")
-        config = _explore_config(
-            sampler=sampler, npt=npt, isotropic=isotropic, steps=steps, temperature=temperature,
-            temperature_end=temperature_end, pressure_gpa=pressure_gpa, timestep_fs=timestep_fs,
-            friction=friction, record_every=record_every, tau_rel=tau_rel,
-            tau_stress_rel=tau_stress_rel, window=window, species_weight=species_weight,
+        temp = temperature if temperature_end is None else LinearRamp(temperature, temperature_end, steps)  # fmt: skip
+        config = ExploreConfig(
+            sampler="md" if sampler == "adversarial" else sampler, ensemble="npt" if npt else "nvt", temperature_K=temp,
+            pressure_GPa=pressure_gpa, timestep_fs=timestep_fs, friction_per_fs=friction,
+            n_steps=steps, record_every=record_every, tau_rel=tau_rel,
+            tau_stress_rel=tau_stress_rel, window=window,
+            species_weights=parse_species_weights(species_weight),
             stop=StopRules(max_steps=steps, min_distance_A=min_distance, max_force_eV_A=max_force,
                            max_atomic_uncertainty=max_atomic_uncertainty,
                            max_uncertainty=max_uncertainty),
-            hills=(hill_height, hill_width, hill_pace, _cv_key(calibration)),
+            barostat=BarostatConfig(mode="isotropic" if isotropic else "anisotropic"),
+            uncertainty_cv=UncertaintyCVConfig(height_eV=hill_height, width=hill_width,
+                                               pace=hill_pace, cv_key=_cv_key(calibration)),
             explorer_id=explorer_id, seed=seed, device=device, dtype=dtype,
         )  # fmt: skip
         if replicas < 1:
@@ -163,33 +171,6 @@ def explore(
             return
         _explore_replicas(config, md_model, starts, out=out, replicas=replicas, what=what,
                           note=note, t_start=t_start, compile_asked=compile_model)  # fmt: skip
-
-
-def _explore_config(*, sampler: str, npt: bool, isotropic: bool, steps: int, temperature: float,
-                    temperature_end: float | None, pressure_gpa: float, timestep_fs: float,
-                    friction: float, record_every: int, tau_rel: float, tau_stress_rel: float,
-                    window: int, species_weight: list[str], stop: Any,
-                    hills: tuple[float, float, int, str], explorer_id: int, seed: int,
-                    device: str, dtype: str) -> Any:  # fmt: skip
-    """The engine's ExploreConfig from the command's options (adversarial attacks step with
-    plain MD settings; hills = height eV, width, pace, CV key)."""
-    from ubmd.md.explore import ExploreConfig
-    from ubmd.md.integrators import BarostatConfig
-    from ubmd.md.samplers import UncertaintyCVConfig
-    from ubmd.md.schedule import LinearRamp
-
-    height, width, pace, cv_key = hills
-    temp = temperature if temperature_end is None else LinearRamp(temperature, temperature_end, steps)  # fmt: skip
-    return ExploreConfig(
-        sampler="md" if sampler == "adversarial" else sampler, ensemble="npt" if npt else "nvt",
-        temperature_K=temp, pressure_GPa=pressure_gpa, timestep_fs=timestep_fs,
-        friction_per_fs=friction, n_steps=steps, record_every=record_every, tau_rel=tau_rel,
-        tau_stress_rel=tau_stress_rel, window=window,
-        species_weights=parse_species_weights(species_weight), stop=stop,
-        barostat=BarostatConfig(mode="isotropic" if isotropic else "anisotropic"),
-        uncertainty_cv=UncertaintyCVConfig(height_eV=height, width=width, pace=pace, cv_key=cv_key),
-        explorer_id=explorer_id, seed=seed, device=device, dtype=dtype,
-    )  # fmt: skip
 
 
 def _compile_if_possible(model: str, estimator: Any, *, compile_model: bool) -> bool:
