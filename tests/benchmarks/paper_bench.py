@@ -106,6 +106,8 @@ def final_row(directory: Path) -> dict:
         "E_300K": 1000 * rep["test"]["energy_rmse_eV_atom"],
         "F_300K": rep["test"]["force_rmse_eV_A"],
     }
+    if "energy_mean_error_eV_atom" in rep["test"]:  # reports written before it lack it
+        row["E_300K_offset"] = 1000 * rep["test"]["energy_mean_error_eV_atom"]
     if "stress_rmse_meV_A3" in rep["test"]:
         row["S_test"] = rep["test"]["stress_rmse_meV_A3"]
     plane = (rep.get("tests") or {}).get("plane")

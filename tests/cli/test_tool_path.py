@@ -85,6 +85,7 @@ def test_train_with_uncertainty_writes_a_calibrated_bundle(work):
     res = ubmd("evaluate", work / "m.pt", work / "cal.xyz", "--calibration")
     assert res.exit_code == 0, res.output
     assert "coverage" in res.output and "total" in res.output and "atom-based" in res.output
+    assert "mean energy error (predicted - label)" in res.output
 
 
 def test_explore_biases_with_the_trained_bundle(work, tmp_path):

@@ -43,6 +43,8 @@ def _errors(model: Any, arrays: dict[str, np.ndarray], device: str) -> dict[str,
         "n_structures": n,
         "energy_rmse_eV_atom": float(np.sqrt(np.mean(de_all**2))),
         "energy_mae_eV_atom": float(np.mean(np.abs(de_all))),
+        # signed mean (predicted - label): an RMSE that is mostly this is an offset, not noise
+        "energy_mean_error_eV_atom": float(np.mean(de_all)),
         "force_rmse_eV_A": float(np.sqrt(np.mean(df_all**2))),
         "force_mae_eV_A": float(np.mean(np.abs(df_all))),
     }

@@ -354,7 +354,12 @@ def evaluate(
         table.add_row("forces", f"{m['forces_mae']:.4f}", f"{m['forces_rmse']:.4f}", "eV/Å")
         if "stress_mae" in m:
             table.add_row(f"stress ({m['n_stress']} structures)", f"{m['stress_mae'] * 1000:.3f}", f"{m['stress_rmse'] * 1000:.3f}", "meV/Å³")  # fmt: skip
-        Console().print(table)
+        console = Console()
+        console.print(table)
+        console.print(
+            "mean energy error (predicted - label): "
+            f"{m['energy_per_atom_mean_error'] * 1000:+.3f} meV/atom"
+        )
         if calibration:
             _print_coverage(model_path, [str(p) for p in data], batch_size=batch_size, device=device)  # fmt: skip
 

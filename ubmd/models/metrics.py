@@ -55,6 +55,8 @@ def error_metrics(
         "n_atoms": int(n_atoms.sum()),
         "energy_per_atom_mae": float(np.abs(de).mean()),
         "energy_per_atom_rmse": float(np.sqrt((de**2).mean())),
+        # signed mean (predicted - label): an RMSE that is mostly this is an offset, not noise
+        "energy_per_atom_mean_error": float(de.mean()),
         "forces_mae": float(np.abs(df).mean()),
         "forces_rmse": float(np.sqrt((df**2).mean())),
     }
