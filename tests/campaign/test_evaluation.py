@@ -68,3 +68,13 @@ def test_a_constant_energy_shift_is_reported_as_the_mean_error():
     de = after["energy_mean_error_eV_atom"]
     assert after["energy_rmse_eV_atom"] >= abs(de)  # RMSE^2 = mean^2 + variance
     assert np.asarray(arrays[keys.N_ATOMS]).sum() == 16
+
+
+def test_residual_stats_count_every_component_once():
+    import numpy as np
+
+    from ubmd.models.metrics import residual_stats
+
+    mae, rmse, mean = residual_stats(np.array([[1.0, -1.0], [3.0, -3.0]]))
+    assert (mae, mean) == (2.0, 0.0)
+    assert rmse == np.sqrt(5.0)

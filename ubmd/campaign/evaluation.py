@@ -19,6 +19,7 @@ def _errors(model: Any, arrays: dict[str, np.ndarray], device: str) -> dict[str,
 
     from ubmd.models.data import select
     from ubmd.models.graph import Graph
+    from ubmd.models.metrics import residual_stats
     from ubmd.uncertainty import predict
 
     ref = next(iter(model.members)) if hasattr(model, "members") else model
@@ -38,21 +39,22 @@ def _errors(model: Any, arrays: dict[str, np.ndarray], device: str) -> dict[str,
         if want:
             rows = np.asarray(part[keys.HAS_STRESS], bool)
             ds.append(res[keys.STRESS].cpu().numpy()[rows] - part[keys.STRESS][rows])
-    de_all, df_all = np.concatenate(de), np.concatenate(df)
+    e_mae, e_rmse, e_mean = residual_stats(np.concatenate(de))
+    f_mae, f_rmse, _ = residual_stats(np.concatenate(df))
     out = {
         "n_structures": n,
-        "energy_rmse_eV_atom": float(np.sqrt(np.mean(de_all**2))),
-        "energy_mae_eV_atom": float(np.mean(np.abs(de_all))),
-        # signed mean (predicted - label): an RMSE that is mostly this is an offset, not noise
-        "energy_mean_error_eV_atom": float(np.mean(de_all)),
-        "force_rmse_eV_A": float(np.sqrt(np.mean(df_all**2))),
-        "force_mae_eV_A": float(np.mean(np.abs(df_all))),
+        "energy_rmse_eV_atom": e_rmse,
+        "energy_mae_eV_atom": e_mae,
+        "energy_mean_error_eV_atom": e_mean,
+        "force_rmse_eV_A": f_rmse,
+        "force_mae_eV_A": f_mae,
     }
     if ds:
         ds_all = np.concatenate(ds)
+        s_mae, s_rmse, _ = residual_stats(ds_all)
         out["n_stress"] = len(ds_all)
-        out["stress_rmse_meV_A3"] = float(1000 * np.sqrt(np.mean(ds_all**2)))
-        out["stress_mae_meV_A3"] = float(1000 * np.mean(np.abs(ds_all)))
+        out["stress_rmse_meV_A3"] = 1000 * s_rmse
+        out["stress_mae_meV_A3"] = 1000 * s_mae
     return out
 
 

@@ -41,6 +41,15 @@ def predict_arrays(
     }
 
 
+def residual_stats(residuals: np.ndarray) -> tuple[float, float, float]:
+    """MAE, RMSE and signed mean of residuals (predicted - label), every element once.
+
+    The signed mean matters: an RMSE that is mostly the mean is an offset, not noise.
+    """
+    r = np.asarray(residuals, float).ravel()
+    return float(np.abs(r).mean()), float(np.sqrt((r**2).mean())), float(r.mean())
+
+
 def error_metrics(
     model: torch.nn.Module, data: Any, *, batch_size: int = 16, device: str | None = None
 ) -> dict[str, Any]:
@@ -48,23 +57,21 @@ def error_metrics(
     arrays = mdata.labelled_arrays(data)
     pred = predict_arrays(model, arrays, batch_size=batch_size, device=device)
     n_atoms = np.asarray(arrays[keys.N_ATOMS], float)
-    de = (pred[keys.ENERGY] - arrays[keys.ENERGY]) / n_atoms
-    df = (pred[keys.FORCES] - arrays[keys.FORCES]).ravel()
+    e_mae, e_rmse, e_mean = residual_stats((pred[keys.ENERGY] - arrays[keys.ENERGY]) / n_atoms)
+    f_mae, f_rmse, _ = residual_stats(pred[keys.FORCES] - arrays[keys.FORCES])
     result: dict[str, Any] = {
         "n_structures": len(n_atoms),
         "n_atoms": int(n_atoms.sum()),
-        "energy_per_atom_mae": float(np.abs(de).mean()),
-        "energy_per_atom_rmse": float(np.sqrt((de**2).mean())),
-        # signed mean (predicted - label): an RMSE that is mostly this is an offset, not noise
-        "energy_per_atom_mean_error": float(de.mean()),
-        "forces_mae": float(np.abs(df).mean()),
-        "forces_rmse": float(np.sqrt((df**2).mean())),
+        "energy_per_atom_mae": e_mae,
+        "energy_per_atom_rmse": e_rmse,
+        "energy_per_atom_mean_error": e_mean,
+        "forces_mae": f_mae,
+        "forces_rmse": f_rmse,
     }
     has = np.asarray(arrays[keys.HAS_STRESS], bool) & np.isfinite(pred[keys.STRESS]).all(axis=1)
     if has.any():
-        ds = (pred[keys.STRESS][has] - arrays[keys.STRESS][has]).ravel()
-        result["stress_mae"] = float(np.abs(ds).mean())
-        result["stress_rmse"] = float(np.sqrt((ds**2).mean()))
+        s_mae, s_rmse, _ = residual_stats(pred[keys.STRESS][has] - arrays[keys.STRESS][has])
+        result["stress_mae"], result["stress_rmse"] = s_mae, s_rmse
         result["n_stress"] = int(has.sum())
     result["arrays"], result["predictions"] = arrays, pred
     return result
