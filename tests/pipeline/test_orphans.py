@@ -48,10 +48,14 @@ DUMMY_DRIVER = textwrap.dedent(
     ours = [direct.pid, int(detached.stdout), deaf.pid, clean.pid]
     print(json.dumps({"ours": ours, "older": older.pid, "watchdog": guard.process.pid}),
           flush=True)
-    if sys.stdin.readline().strip() == "stop":  # the normal end
+    line = sys.stdin.readline().strip()
+    if line == "stop":  # the normal end
         guard.stop(timeout=40)  # a bound for a loaded machine: it returns once the dog exits
         print(json.dumps({"token": os.environ.get(watchdog.TOKEN_VAR),
                           "watchdog_rc": guard.process.poll()}), flush=True)
+    elif line == "close":  # what a SIGKILL does first: the pipe closes, the driver still shows
+        os.close(guard.write_fd)
+        print(json.dumps({"watchdog_rc": guard.process.wait(timeout=40)}), flush=True)
     time.sleep(300)
     """
 )
@@ -178,6 +182,27 @@ def test_watchdog_exits_at_the_drivers_normal_end(tmp_path, other_run):
         proc.kill()
         proc.wait()
         _cleanup(ours + older)
+
+
+@pytest.mark.timeout(60)
+def test_a_closed_pipe_without_the_stop_word_is_the_drivers_death(tmp_path):
+    """A SIGKILLed driver's pipe closes before the driver shows as dead: the watchdog must not
+    take that window for the normal end (which spares the driver's own children)."""
+    proc, info = _start_dummy(tmp_path)
+    ours = _procs(info["ours"])
+    try:
+        _watched(tmp_path / "watchdog.json", {ours[3].pid}, proc, 40)  # the clean child
+        proc.stdin.write("close\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline()) == {"watchdog_rc": 0}
+        assert proc.poll() is None  # the driver still runs, as in that window
+        assert not _gone_within(ours, 5.0)  # its direct children too: not spared
+        log = (tmp_path / "watchdog.log").read_text()
+        assert "died" in log and "finished" not in log, log
+    finally:
+        proc.kill()
+        proc.wait()
+        _cleanup(ours)
 
 
 # ------------------------------------------------------------------ a real campaign driver

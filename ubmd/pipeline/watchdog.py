@@ -5,7 +5,8 @@ parsl's interchange is a child of the driver, and LocalProvider starts each work
 ``bash -c '... &'`` in a process group of its own, so the pool is re-parented to init at once;
 when the driver dies neither notices, and both hold ports and CPU for good. So the driver starts
 this watchdog first: a small process (``python -m ubmd.pipeline.watchdog``) reading a pipe whose
-write end only the driver holds. At EOF (the driver died, or let go at its normal end) it ends
+write end only the driver holds. At EOF (the driver died, or let go at its normal end: it says
+so on the pipe first, since a SIGKILLed driver closes its files before it shows as dead) it ends
 
 - every process carrying this run's token in its environment: the driver sets it before parsl
   starts anything, so everything parsl starts inherits it, detached or not;
@@ -40,6 +41,7 @@ from typing import Any
 TOKEN_VAR = "UBMD_RUN_TOKEN"
 GRACE_S = 2.0  # SIGTERM -> SIGKILL
 INTERVAL_S = 1.0  # descendant snapshots and driver checks
+STOP = b"stop\n"  # the driver's normal end, written before it closes the pipe
 
 
 @dataclass
@@ -59,6 +61,8 @@ class Watchdog:
             os.environ.pop(TOKEN_VAR, None)
         else:
             os.environ[TOKEN_VAR] = self.previous_token
+        with contextlib.suppress(OSError):
+            os.write(self.write_fd, STOP)
         with contextlib.suppress(OSError):
             os.close(self.write_fd)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -108,11 +112,12 @@ def start(
 # ------------------------------------------------------------------ the watchdog process
 def watch(
     fd: int, driver: int, interval: float = INTERVAL_S, state: Path | None = None
-) -> tuple[dict, Any]:
+) -> tuple[dict, Any, bool]:
     """Wait for EOF on ``fd`` or the driver's end. Returns the driver's descendants last seen
     (pid -> psutil.Process), those started after this watchdog (the driver's older children,
-    when a test or a benchmark runs the driver in-process, are none of its business), and the
-    driver's psutil.Process (None if it was gone before the watchdog started). ``state``: a
+    when a test or a benchmark runs the driver in-process, are none of its business), the
+    driver's psutil.Process (None if it was gone before the watchdog started) and whether the
+    driver said it stops (:data:`STOP` before the EOF: its normal end). ``state``: a
     file to keep what it watches in (:func:`write_state`), after the first snapshot and after
     each one that changed it."""
     import psutil
@@ -121,18 +126,23 @@ def watch(
         parent = psutil.Process(driver)
         since = psutil.Process().create_time()  # same clock as the children's start times
     except psutil.NoSuchProcess:
-        return {}, None
+        return {}, None, False
     if parent.pid != os.getppid():  # the driver died before the watchdog started
-        return {}, None
+        return {}, None, False
     seen: dict[int, psutil.Process] = {}
     written: set | None = None  # the snapshot last written to ``state``
+    said = b""
     while True:
         ready, _, _ = select.select([fd], [], [], interval)
-        if ready and not os.read(fd, 4096):
-            return seen, parent
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return seen, parent, said == STOP
+            said += chunk
+            continue
         # a fork of the driver may hold the pipe open: check the driver itself too
         if not _alive(parent):
-            return seen, parent
+            return seen, parent, False
         _remember(seen, parent, since)
         if state is not None and (now := _identities(seen)) != written:
             write_state(state, parent.pid, seen.values())
@@ -269,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path)
     parser.add_argument("--state", type=Path)
     args = parser.parse_args(argv)
-    seen, driver = watch(sys.stdin.fileno(), args.driver, args.interval, args.state)
+    seen, driver, stopped = watch(sys.stdin.fileno(), args.driver, args.interval, args.state)
     spare, how = {os.getpid(), args.driver}, "died"
-    if driver is not None and _alive(driver):
+    if stopped and driver is not None and _alive(driver):
         # the normal end: the driver reaps its own children (parsl waits for its interchange;
         # multiprocessing's helpers end with it); the rest, detached pools, are not its
         spare |= {p.pid for p in _children(driver)}
