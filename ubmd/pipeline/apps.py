@@ -13,11 +13,29 @@ from typing import Any, ClassVar
 
 from ubmd.pipeline.sites import SiteConfig
 
+# The order in which an executor that several roles share (a laptop's) starts queued tasks,
+# lower first (parsl's HighThroughputExecutor `priority`): labels are the budget and the slowest
+# step, a selection is what labels wait for, a new model freshens every later candidate; reports
+# can wait, and exploration, which a streaming campaign runs ahead of need, only fills workers
+# nothing else wants. Executors of one role (a cluster's) see one priority: first come first served.
+PRIORITY_OF_STEP: dict[str, int] = {
+    "label_task": 0,
+    "select_task": 1,
+    "select_stream_task": 1,
+    "train_task": 2,
+    "bundle_task": 2,
+    "report_task": 3,
+    "explore_task": 4,
+    "segment_task": 4,
+}
+
 
 def _run_step(step_name: str, threads: int, /, *args: Any, **kwargs: Any) -> Any:
     """Executed in a worker: pin the thread count, then call the named library step."""
     import importlib
     import os
+
+    kwargs.pop("parsl_resource_specification", None)  # parsl passes it on to the function
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
@@ -88,10 +106,11 @@ class Apps:
             spec = site.executors[label]
             threads = max(1, int(spec.cores_per_worker))
             app = python_app(_run_step, executors=[label])
-            site_kwargs = {}
+            extra: dict[str, Any] = {}
             if step == "label_task":  # site properties the labeler needs (see sites.py)
-                site_kwargs = {"launcher": spec.mpi_command, "scratch_dir": site.scratch_dir or ""}
-            self._apps[step] = _bind(app, step, threads, site_kwargs)
+                extra = {"launcher": spec.mpi_command, "scratch_dir": site.scratch_dir or ""}
+            extra["parsl_resource_specification"] = {"priority": PRIORITY_OF_STEP[step]}
+            self._apps[step] = _bind(app, step, threads, extra)
 
     def __getattr__(self, step: str) -> Callable[..., Any]:
         try:
@@ -101,10 +120,10 @@ class Apps:
 
 
 def _bind(
-    app: Callable[..., Any], step: str, threads: int, site_kwargs: dict[str, Any]
+    app: Callable[..., Any], step: str, threads: int, extra: dict[str, Any]
 ) -> Callable[..., Any]:
     def submit(*args: Any, **kwargs: Any) -> Any:
-        return app(step, threads, *args, **site_kwargs, **kwargs)
+        return app(step, threads, *args, **extra, **kwargs)
 
     submit.__name__ = step
     return submit
