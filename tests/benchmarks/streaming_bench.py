@@ -5,7 +5,8 @@ with ``mode: iterations`` and with ``mode: streaming`` for each seed, and prints
 time to the label budget (final model included), the final model's held-out force RMSE (300 K
 and whole-plane sets), the Ramachandran coverage of the labels, and the busy share of the
 explore, label and train roles (a role is busy while one of its tasks runs; both modes record
-every task's span, ``reports/roles.json`` and ``stream/roles.json``). The last line is the
+every task's span, ``reports/roles.json`` and ``stream/roles.json``) and of the site's workers (the
+roles share them here: the share of worker-seconds some task used). The last line is the
 summary: streaming / iterations wall time, busy shares, and the differences in error and
 coverage against the spread of the seeds.
 
@@ -79,7 +80,12 @@ def run(data: dict) -> dict:
     wall = time.perf_counter() - t0
     final = json.loads((root / "final" / "report.json").read_text())
     roles_file = root / ("stream" if data["mode"] == "streaming" else "reports") / "roles.json"
-    roles = json.loads(roles_file.read_text())["summary"]
+    recorded = json.loads(roles_file.read_text())
+    roles = recorded["summary"]
+    # the share of the site's worker-seconds some task used (roles share the workers here)
+    window = sum(end - start for start, end in recorded["runs"])
+    workers = load_site("local").executors["local"].workers_per_node()
+    worker_s = sum(r["worker_s"] for r in roles.values())
     result = {
         "mode": data["mode"],
         "seed": data["seed"],
@@ -90,6 +96,7 @@ def run(data: dict) -> dict:
         "plane_force_rmse": ((final.get("tests") or {}).get("plane") or {}).get("force_rmse_eV_A"),
         "coverage": final.get("ramachandran_coverage"),
         "busy": {r: busy_share(roles[r]) for r in ROLES},
+        "workers_busy": worker_s / max(workers * window, 1e-9),
         "stop": summary.stop_reason,
     }
     done.write_text(json.dumps(result, indent=1))
@@ -112,13 +119,14 @@ def _mean_std(rows: list[dict], key) -> tuple[float, float]:
 def print_table(results: list[dict]) -> None:
     head = f"{'mode':>10} {'seed':>4} {'wall s':>7} {'models':>6} {'labels':>6} {'F 300K':>8} "
     head += f"{'F plane':>8} {'cover':>6} " + " ".join(f"{r + ' busy':>12}" for r in ROLES)
+    head += f" {'workers busy':>12}"
     print("\n" + head)
     for r in results:
         busy = " ".join(f"{100 * r['busy'][k]:>11.0f}%" for k in ROLES)
         print(
             f"{r['mode']:>10} {r['seed']:>4} {r['wall_s']:>7.0f} {r['models']:>6} "
             f"{r['labels']:>6} {_f(r['force_rmse'])} {_f(r['plane_force_rmse'])} "
-            f"{_f(r['coverage'], '6.3f')} {busy}"
+            f"{_f(r['coverage'], '6.3f')} {busy} {100 * r['workers_busy']:>11.0f}%"
         )
     for mode in ("iterations", "streaming"):
         rows = [r for r in results if r["mode"] == mode]
@@ -131,9 +139,11 @@ def print_table(results: list[dict]) -> None:
         cells += [
             "{:.0f} %".format(100 * _mean_std(rows, lambda r, k=k: r["busy"][k])[0]) for k in ROLES
         ]
+        workers = 100 * _mean_std(rows, lambda r: r["workers_busy"])[0]
         print(f"{mode:>10} mean ± std: wall {cells[0]} s, F 300K {cells[1]}, F plane {cells[2]}, "
               f"coverage {cells[3]}; busy " + ", ".join(
-                  f"{k} {c}" for k, c in zip(ROLES, cells[4:], strict=True)))  # fmt: skip
+                  f"{k} {c}" for k, c in zip(ROLES, cells[4:], strict=True))
+              + f"; workers busy {workers:.0f} %")  # fmt: skip
 
 
 def summary_line(results: list[dict], budget: int) -> str:
@@ -143,10 +153,11 @@ def summary_line(results: list[dict], budget: int) -> str:
     st_f, st_sd = _mean_std(st, lambda r: r["plane_force_rmse"])
     it_f, it_sd = _mean_std(it, lambda r: r["plane_force_rmse"])
     busy = {k: 100 * _mean_std(st, lambda r, k=k: r["busy"][k])[0] for k in ROLES}
+    wbusy = 100 * _mean_std(st, lambda r: r["workers_busy"])[0]
     return (
         f"summary: {len(it)} seed(s), budget {budget} labels: wall streaming / iterations "
         f"{ratio:.2f}; streaming busy explore {busy['explore']:.0f} %, label "
-        f"{busy['label']:.0f} %; plane force RMSE streaming {st_f:.4f} ± {st_sd:.4f} vs "
+        f"{busy['label']:.0f} %, workers {wbusy:.0f} %; plane force RMSE streaming {st_f:.4f} ± {st_sd:.4f} vs "
         f"iterations {it_f:.4f} ± {it_sd:.4f} eV/A"
     )
 
