@@ -75,8 +75,9 @@ def run(data: dict) -> dict:
     from ubmd.pipeline.sites import load_site
 
     config = parse_campaign(data, base_dir=ROOT / "workflows" / "quickstart")
+    site = load_site("local")
     t0 = time.perf_counter()
-    summary = run_campaign(config, load_site("local"), live=False)
+    summary = run_campaign(config, site, live=False)
     wall = time.perf_counter() - t0
     final = json.loads((root / "final" / "report.json").read_text())
     roles_file = root / ("stream" if data["mode"] == "streaming" else "reports") / "roles.json"
@@ -84,7 +85,7 @@ def run(data: dict) -> dict:
     roles = recorded["summary"]
     # the share of the site's worker-seconds some task used (roles share the workers here)
     window = sum(end - start for start, end in recorded["runs"])
-    workers = load_site("local").executors["local"].workers_per_node()
+    workers = site.executors["local"].workers_per_node()
     worker_s = sum(r["worker_s"] for r in roles.values())
     result = {
         "mode": data["mode"],

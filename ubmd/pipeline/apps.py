@@ -30,12 +30,17 @@ PRIORITY_OF_STEP: dict[str, int] = {
 }
 
 
-def _run_step(step_name: str, threads: int, /, *args: Any, **kwargs: Any) -> Any:
+def _run_step(
+    step_name: str,
+    threads: int,
+    /,
+    *args: Any,
+    parsl_resource_specification: dict[str, Any] | None = None,  # parsl's, not the step's
+    **kwargs: Any,
+) -> Any:
     """Executed in a worker: pin the thread count, then call the named library step."""
     import importlib
     import os
-
-    kwargs.pop("parsl_resource_specification", None)  # parsl passes it on to the function
 
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
