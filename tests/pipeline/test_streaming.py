@@ -192,7 +192,9 @@ def _driver(tmp_path: Path, *, stopping: dict | None = None, streaming: dict | N
     from ubmd.campaign.stream_state import StreamState
     from ubmd.pipeline.streaming import StreamingDriver
 
-    data = _campaign_data(tmp_path, mode="streaming", streaming=streaming or {})
+    # no minimum exploration unless a test asks for one: the pools below count candidates
+    streaming = {"explore_steps_per_label": 0, **(streaming or {})}
+    data = _campaign_data(tmp_path, mode="streaming", streaming=streaming)
     data["stopping"] = {"label_budget": 20, "max_iterations": 8, **(stopping or {})}
     data["selection"] = {"batch_size": 4}
     config = parse_campaign(data)
@@ -312,6 +314,37 @@ def test_selection_after_starving_pools_only_the_new_models_candidates(tmp_path,
     driver.state.version, driver.min_pool_version = 3, 3
     request = _select_from(driver, monkeypatch, [("a", 2, 50), ("b", 3, 4)])
     assert request["segments"] == ["b"] and request["stale"] == ["a"]
+
+
+def test_explore_steps_per_label_defaults_to_what_the_iterations_mode_explores(tmp_path):
+    from ubmd.campaign.config import parse_campaign
+    from ubmd.campaign.streaming import explore_steps_per_label, segments_per_selection
+
+    data = _campaign_data(tmp_path, mode="streaming", streaming={"segment_steps": 100})
+    data["exploration"] = {"explorers": 2, "replicas": 8, "settings": {"n_steps": 1500}}
+    data["selection"] = {"batch_size": 8}
+    config = parse_campaign(data)
+    # an iteration: 2 explorers x 8 replicas x 1500 steps for 8 labels
+    assert explore_steps_per_label(config) == 3000
+    assert segments_per_selection(config, 8) == 30  # of 8 x 100 steps
+    assert segments_per_selection(config, 3) == 12  # a batch cut by the budget: ceil(11.25)
+    data["streaming"]["explore_steps_per_label"] = 0
+    assert segments_per_selection(parse_campaign(data), 8) == 0
+
+
+def test_selection_waits_for_explore_steps_per_label_of_fresh_segments(tmp_path, monkeypatch):
+    # 4 picks x 50 steps per label = 200 steps; a segment offers 8 replicas x 25 steps: 1 ...
+    driver = _driver(
+        tmp_path,
+        streaming={"explore_steps_per_label": 150, "segment_steps": 25, "max_staleness": 1},
+    )
+    driver.state.version = 3
+    # ... 600 steps: 3 segments of models v2 or v3, however many candidates fewer hold
+    assert _select_from(driver, monkeypatch, [("a", 3, 500), ("b", 2, 500)]) is None
+    # a stale segment (v1) is no exploration for this selection
+    assert _select_from(driver, monkeypatch, [("a", 3, 5), ("b", 2, 5), ("c", 1, 5)]) is None
+    request = _select_from(driver, monkeypatch, [("a", 3, 5), ("b", 2, 5), ("c", 3, 5)])
+    assert request["segments"] == ["a", "b", "c"] and request["batch_size"] == 4
 
 
 def test_selection_never_asks_for_more_than_the_label_budget_leaves(tmp_path, monkeypatch):

@@ -106,12 +106,17 @@ class StreamingSpec(_Strict):
     model; a selection runs once ``select_pool_factor`` x ``selection.batch_size`` candidates
     are pooled; labels start as soon as they are picked, at most ``max_labels_in_flight`` at
     once; a new model version is trained once ``train_every_labels`` new ok labels are stored.
+    A selection also waits for ``explore_steps_per_label`` x its batch of replica MD steps
+    offered to fresh segments (None: as much as the iterations mode explores per label,
+    ``explorers x replicas x n_steps / batch_size``; 0: no minimum), so that labels that run
+    first on shared cores do not starve the exploration behind them.
     Candidates from a model more than ``max_staleness`` versions behind the newest are dropped.
     ``stopping.max_iterations`` caps the number of model versions (docs/streaming.md).
     """
 
     segment_steps: int = Field(200, ge=1)
     select_pool_factor: float = Field(2.0, ge=1.0)
+    explore_steps_per_label: int | None = Field(None, ge=0)
     max_labels_in_flight: int = Field(8, ge=1)
     train_every_labels: int = Field(8, ge=1)
     max_staleness: int = Field(1, ge=0)

@@ -10,6 +10,7 @@ writes its result atomically and last, so a task run again computes the same thi
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,28 @@ def pick_batch(
         **(settings or {}),
     )
     return keep_idx[np.asarray(result.indices, dtype=np.int64)]
+
+
+def explore_steps_per_label(config: Any) -> int:
+    """Replica MD steps of fresh exploration a selection needs per label it picks: the
+    ``streaming.explore_steps_per_label`` setting, or by default what the iterations mode
+    explores per label (``explorers x replicas x n_steps / batch_size``)."""
+    value = config.streaming.explore_steps_per_label
+    if value is not None:
+        return value
+    from ubmd.campaign.validate import explore_config
+
+    x = config.exploration
+    n_steps = explore_config(config).n_steps
+    return math.ceil(x.explorers * x.replicas * n_steps / config.selection.batch_size)
+
+
+def segments_per_selection(config: Any, batch: int) -> int:
+    """Fresh segments a selection of ``batch`` picks waits for. A segment offers
+    ``replicas x segment_steps`` steps; a replica stopped early by a stop rule counts its whole
+    segment, since it starts again in the next one, so the wait always ends."""
+    per_segment = config.exploration.replicas * config.streaming.segment_steps
+    return math.ceil(explore_steps_per_label(config) * batch / per_segment)
 
 
 def condition_frames(store: Any, in_flight: list[Path]) -> list[Any]:

@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from ubmd.campaign.config import CampaignConfig
+from ubmd.campaign.streaming import explore_steps_per_label, segments_per_selection
 from ubmd.pipeline.dryrun import (
     CostModel,
     initial_labels,
@@ -49,8 +50,11 @@ def streaming_dag(config: CampaignConfig, site: SiteConfig) -> list[str]:
          f"{x.replicas} replicas with the newest published model (segment_steps)"),
         ("select", "x1",
          f"one at a time, once >= {pool:g} candidates (select_pool_factor {s.select_pool_factor:g}"
-         f" x batch_size {b}) of models >= newest - {s.max_staleness} (max_staleness) are pooled "
-         "and no pick waits for a label slot; conditioned on labelled + in-flight structures"),
+         f" x batch_size {b}) and >= {segments_per_selection(config, b)} segments "
+         f"({explore_steps_per_label(config)} replica MD steps per label, "
+         f"explore_steps_per_label) of models >= newest - {s.max_staleness} (max_staleness) are "
+         "pooled and no pick waits for a label slot; conditioned on labelled + in-flight "
+         "structures"),
         ("label", f"<={s.max_labels_in_flight}",
          f"each pick at once, at most {s.max_labels_in_flight} in flight "
          "(max_labels_in_flight); stored as it arrives"),
@@ -167,8 +171,13 @@ class StreamingPace:
         }
 
     def segments(self, labels: int) -> int:
-        pooled = labels * self.config.streaming.select_pool_factor
-        return math.ceil(pooled / self.frames)
+        """Segments explored for ``labels`` labels: enough candidates and enough MD steps."""
+        s = self.config.streaming
+        by_candidates = math.ceil(labels * s.select_pool_factor / self.frames)
+        steps = labels * explore_steps_per_label(self.config)
+        return max(
+            by_candidates, math.ceil(steps / (self.config.exploration.replicas * s.segment_steps))
+        )
 
     def selections(self, labels: int) -> int:
         return math.ceil(labels / self.config.selection.batch_size)
@@ -317,8 +326,9 @@ def _resource_lines(pace: StreamingPace, labels: int) -> list[str]:
         f"label    {labels} x {pace.label:g} min, {min(s.max_labels_in_flight, pace.slots('label'))}"
         f" at once (max_labels_in_flight {s.max_labels_in_flight}, {pace.slots('label')} "
         f"worker(s) of {label_exec}): {_minutes(bounds['label'])}",
-        f"explore  {pace.segments(labels)} segments ({s.select_pool_factor:g} candidates per "
-        f"label, {pace.frames} per segment) x {_minutes(pace.segment)}, "
+        f"explore  {pace.segments(labels)} segments ({s.select_pool_factor:g} candidates and "
+        f"{explore_steps_per_label(config)} replica MD steps per label, {pace.frames} candidates "
+        f"per segment) x {_minutes(pace.segment)}, "
         f"{min(x.explorers, pace.slots('explore'))} at once ({x.explorers} explorer(s), "
         f"{pace.slots('explore')} worker(s) of {explore_exec}): {_minutes(bounds['explore'])}",
         f"select   {pace.selections(labels)} selections of <= {config.selection.batch_size}, one "

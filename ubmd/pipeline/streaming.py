@@ -5,8 +5,8 @@ One event loop (this process, the store's only writer) keeps every role fed:
 
 - each explorer runs segment after segment (:func:`ubmd.campaign.streaming.segment_task`),
   each with the newest published model, continuing its replicas where the last one left them;
-- a selection runs once enough fresh candidates are pooled, conditioned on every labelled
-  structure and every pick still being labelled;
+- a selection runs once enough fresh candidates and exploration (``explore_steps_per_label``)
+  are pooled, conditioned on every labelled structure and every pick still being labelled;
 - picks are labelled as soon as they are picked, at most ``max_labels_in_flight`` at once, and
   each label is stored as it arrives;
 - once ``train_every_labels`` new ok labels are stored, model version v+1 is trained (warm
@@ -301,7 +301,7 @@ class StreamingDriver:
     def _new_selection(self, batch: int) -> int | None:
         """Write the request of a new selection when its time has come; its number, or None."""
         from ubmd.campaign.frames import write_frames
-        from ubmd.campaign.streaming import condition_frames
+        from ubmd.campaign.streaming import condition_frames, segments_per_selection
 
         state = self.state
         room = self.config.stopping.label_budget - state.n_ok_al - len(state.outstanding)
@@ -309,6 +309,10 @@ class StreamingDriver:
         fresh = [(path, v) for path, v, _ in state.pool if v >= oldest]
         pooled = sum(n for _, v, n in state.pool if v >= oldest)
         if room <= 0 or pooled < self.spec.select_pool_factor * batch:
+            return None
+        # labels run first on shared cores: without this wait, explorers would get only the
+        # gaps between labels, and each label would be chosen from far less exploration
+        if len(fresh) < segments_per_selection(self.config, min(batch, room)):
             return None
         p = state.n_selections
         state.n_selections += 1
