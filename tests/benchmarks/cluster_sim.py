@@ -10,7 +10,9 @@ scaled by a factor for the cluster's hardware; label durations can be set to a c
 Iterations mode: train, calibrate, explore (E trajectories of ``segments_per_trajectory``
 segments; the phase ends with the slowest), select, label the batch on L nodes, report; repeat.
 Streaming mode: every explorer runs segment after segment; a selection runs when
-``pool_factor x batch`` fresh candidates are pooled and no pick waits for a label slot (it
+``pool_factor x batch`` fresh candidates from at least ``segments_per_label x picks`` fresh
+segments (``streaming.explore_steps_per_label``; by default as much exploration per label as
+the iterations mode) are pooled and no pick waits for a label slot (it
 consumes the pool; candidates more than ``max_staleness`` model versions old are dropped);
 labels run as soon as they are picked, at most ``in_flight`` at once; a new model version
 is trained (warm start) when ``train_every`` new labels are stored and no training runs.
@@ -60,6 +62,7 @@ class Cluster:
     segments_per_trajectory: int
     candidates_per_segment: int
     pool_factor: float
+    segments_per_label: float
     in_flight: int
     train_every: int
     max_staleness: int
@@ -146,6 +149,7 @@ class Streaming:
         # candidates pooled per model version (a dict: the pool can hold millions of segments'
         # candidates while slow labels keep selections waiting)
         self.pool: dict[int, int] = {}
+        self.segments: dict[int, int] = {}  # fresh segments per model version, likewise
         self.queue = 0  # picks waiting for a label slot
         self.labelling, self.selecting = 0, False
         self.stored, self.in_snapshot, self.picked = 0, 0, 0
@@ -172,6 +176,7 @@ class Streaming:
 
     def on_segment(self, version: int) -> None:
         self.pool[version] = self.pool.get(version, 0) + self.c.candidates_per_segment
+        self.segments[version] = self.segments.get(version, 0) + 1
         self.after(self.rng.choice(self.d.segment), "segment", version=self.version)
 
     def on_select(self, picks: int) -> None:
@@ -195,10 +200,12 @@ class Streaming:
             self.after(train, "trained")
         oldest = self.version - c.max_staleness
         pooled = sum(n for v, n in self.pool.items() if v >= oldest)
+        explored = sum(n for v, n in self.segments.items() if v >= oldest)
         room = c.budget - self.picked
-        if not self.selecting and not self.queue and room > 0 and pooled >= c.pool_factor * c.batch:
-            self.selecting, self.pool = True, {}
-            picks = min(c.batch, room)
+        picks = min(c.batch, room)
+        enough = pooled >= c.pool_factor * c.batch and explored >= c.segments_per_label * picks
+        if not self.selecting and not self.queue and room > 0 and enough:
+            self.selecting, self.pool, self.segments = True, {}, {}
             self.picked += picks
             self.after(self.rng.choice(self.d.select), "select", picks=picks)
         while self.queue and self.labelling < min(c.in_flight, c.label_nodes):
@@ -233,6 +240,13 @@ def main() -> None:
     p.add_argument("--segments-per-trajectory", type=int, default=10)
     p.add_argument("--candidates-per-segment", type=int, default=4)
     p.add_argument("--pool-factor", type=float, default=2.0)
+    p.add_argument(
+        "--segments-per-label",
+        type=float,
+        default=None,
+        help="fresh segments a selection needs per pick (default: as the iterations mode, "
+        "explorers x segments-per-trajectory / batch; 0: none)",
+    )
     p.add_argument("--in-flight", type=int, default=16)
     p.add_argument("--train-every", type=int, default=16)
     p.add_argument("--max-staleness", type=int, default=1)
@@ -255,6 +269,9 @@ def main() -> None:
     )
     if a.train_cap_s is not None:
         d.train_cap_s = a.train_cap_s
+    per_label = a.segments_per_label
+    if per_label is None:
+        per_label = a.explorers * a.segments_per_trajectory / a.batch
     c = Cluster(
         explorers=a.explorers,
         label_nodes=a.label_nodes,
@@ -264,6 +281,7 @@ def main() -> None:
         segments_per_trajectory=a.segments_per_trajectory,
         candidates_per_segment=a.candidates_per_segment,
         pool_factor=a.pool_factor,
+        segments_per_label=per_label,
         in_flight=a.in_flight,
         train_every=a.train_every,
         max_staleness=a.max_staleness,
