@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ubmd.campaign.config import apply_overrides
+from ubmd.campaign.config import apply_overrides, parse_overrides
+from ubmd.strict import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALES = {
@@ -307,12 +308,10 @@ def main() -> None:
     args.out = (
         args.out.resolve()
     )  # campaign files resolve a relative directory from their own folder
-    changes = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        changes[key] = yaml.safe_load(value)
+    try:
+        changes = parse_overrides(args.set, where="--set")
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     args.out.mkdir(parents=True, exist_ok=True)
     rows, directories = [], {}
     for seed in args.seeds:

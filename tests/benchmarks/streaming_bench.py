@@ -17,6 +17,7 @@ exploration (a smoke run). A campaign that has finished is not run again (its ``
 after an interruption, the same command goes on.
 
     python tests/benchmarks/streaming_bench.py [--labeler cp2k] [--seeds 0 1 2] [--budget 48]
+        [--set streaming.KEY=VALUE ...]  (changes the streaming campaigns only)
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+from ubmd.campaign.config import apply_overrides, parse_overrides
+from ubmd.strict import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 ALA2 = ROOT / "data" / "ala2"
@@ -170,8 +174,19 @@ def main() -> None:
     parser.add_argument("--labeler", choices=("xtb", "cp2k"), default="xtb")
     parser.add_argument("--scale", choices=("quickstart", "tiny"), default="quickstart")
     parser.add_argument("--out", type=Path, default=Path("/tmp/streaming_bench"))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the streaming campaigns only, e.g. streaming.max_trajectory_steps=1500",
+    )
     args = parser.parse_args()
     args.out = args.out.resolve()
+    try:
+        changes = parse_overrides(args.set, where="--set")
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
     results = []
     for seed in args.seeds:
         for mode in ("iterations", "streaming"):
@@ -183,6 +198,8 @@ def main() -> None:
                 labeler=args.labeler,
                 out=args.out,
             )
+            if mode == "streaming":
+                apply_overrides(data, changes, where="--set")
             results.append(run(data))
             print(json.dumps(results[-1]), flush=True)
     print_table(results)

@@ -128,3 +128,23 @@ def test_misspelt_keys_deep_in_library_sections_are_errors(tmp_path, settings, p
     cfg = parse_campaign({**_minimal(), "exploration": {"settings": settings}}, base_dir=tmp_path)
     with pytest.raises(ConfigError, match=pattern):
         explore_config(cfg)
+
+
+def test_overrides_read_values_as_yaml_and_reject_what_is_not_key_value():
+    from ubmd.campaign.config import parse_overrides
+    from ubmd.strict import ConfigError
+
+    got = parse_overrides(
+        ["stopping.max_iterations=21", "model.fine_tuning={max_epochs: 100}", "name=a=b"],
+        where="--set",
+    )
+    assert got == {
+        "stopping.max_iterations": 21,
+        "model.fine_tuning": {"max_epochs": 100},
+        "name": "a=b",
+    }
+    for bad in ("seed", "=3"):
+        with pytest.raises(ConfigError, match=f"--set '{bad}': expected KEY=VALUE"):
+            parse_overrides([bad], where="--set")
+    with pytest.raises(ConfigError, match="not YAML"):
+        parse_overrides(["seed=[1"], where="--set")

@@ -10,6 +10,7 @@ import pytest
 
 from ubmd.campaign.config import load_campaign
 from ubmd.pipeline.dryrun import CostModel, dry_run, format_report, load_costs
+from ubmd.pipeline.dryrun_streaming import streaming_dag
 from ubmd.pipeline.sites import load_site
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +99,14 @@ def test_streaming_dry_run_renders_the_streaming_roles_and_an_estimate(shrunk, t
     # the streaming section's values, named
     assert "40 MD steps x 2 replicas" in roles
     assert ">= 6 candidates (select_pool_factor 2 x batch_size 3)" in roles
+    # the shrunk quickstart explores 2 explorers x 2 replicas x 60 steps per batch of 3:
+    # 80 steps per label, 240 per selection, 3 segments of 2 x 40 steps
+    assert ">= 3 segments (80 replica MD steps per label, explore_steps_per_label)" in roles
+    assert "goes on where it ended until a stop rule\n" in roles
+    capped = _streaming_campaign(shrunk, **{"streaming.max_trajectory_steps": 120})
+    assert "until a stop rule or 120 steps of trajectory (max_trajectory_steps)" in "\n".join(
+        streaming_dag(capped, _two_executor_site(tmp_path))
+    )
     assert "newest - 1 (max_staleness)" in roles
     assert "at most 4 in flight (max_labels_in_flight)" in roles
     assert "once 6 new ok labels are stored (train_every_labels)" in roles

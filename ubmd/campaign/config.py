@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ubmd.strict import ConfigError, build, load_yaml
@@ -110,6 +111,9 @@ class StreamingSpec(_Strict):
     offered to fresh segments (None: as much as the iterations mode explores per label,
     ``explorers x replicas x n_steps / batch_size``; 0: no minimum), so that labels that run
     first on shared cores do not starve the exploration behind them.
+    A replica goes on from where its last segment ended until a stop rule ends it or, with
+    ``max_trajectory_steps``, until its trajectory has run that many steps; then it starts
+    afresh from a start structure (None: no cap).
     Candidates from a model more than ``max_staleness`` versions behind the newest are dropped.
     ``stopping.max_iterations`` caps the number of model versions (docs/streaming.md).
     """
@@ -117,6 +121,9 @@ class StreamingSpec(_Strict):
     segment_steps: int = Field(200, ge=1)
     select_pool_factor: float = Field(2.0, ge=1.0)
     explore_steps_per_label: int | None = Field(None, ge=0)
+    # a replica's trajectory, continued across segments, starts afresh after this many steps
+    # (None: it goes on until a stop rule ends it)
+    max_trajectory_steps: int | None = Field(None, ge=1)
     max_labels_in_flight: int = Field(8, ge=1)
     train_every_labels: int = Field(8, ge=1)
     max_staleness: int = Field(1, ge=0)
@@ -227,6 +234,20 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], *, where: s
             if not isinstance(node, dict):
                 raise ConfigError(f"{where}: cannot set {dotted}: '{key}' is not a section")
         node[leaf] = value
+
+
+def parse_overrides(items: list[str], *, where: str) -> dict[str, Any]:
+    """``["stopping.max_iterations=20", ...]`` as overrides, each value read as YAML."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{where} {item!r}: expected KEY=VALUE, e.g. seed=1")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where} {item!r}: the value is not YAML ({exc})") from None
+    return out
 
 
 def load_campaign(

@@ -59,16 +59,22 @@ def segment_task(
         from ubmd.md.allocator import retain_freed_memory
 
         retain_freed_memory()
-    frames, continued = _segment_starts(config, starts, previous, explorer, segment)
+    frames, steps_before = _segment_starts(config, starts, previous, explorer, segment)
     model = explorer_model(bundle, device, compile=spec.compile, skin_A=spec.neighbour_skin_A)
     with atomic_path(out, ".h5") as tmp:
         tmp.unlink()  # the writer creates its own file
         summary = run_explorer(ec, model, frames, out_path=tmp, replicas=len(frames))
         data = read_candidates(tmp)
-        write_frames(next_out, _continuations(data))  # before the candidates mark the end
+        ends = _continuations(
+            data,
+            steps_before=steps_before,
+            segment_steps=config.streaming.segment_steps,
+            max_steps=config.streaming.max_trajectory_steps,
+        )
+        write_frames(next_out, ends)  # before the candidates mark the end
     return {
         "n_frames": len(data[keys.N_ATOMS]),
-        "continued": continued,
+        "continued": sum(n > 0 for n in steps_before),
         "wall_time_s": summary.get("wall_time_s"),
         "compiled": summary.get("compiled"),
     }
@@ -76,9 +82,10 @@ def segment_task(
 
 def _segment_starts(
     config: Any, starts: str, previous: str | None, explorer: int, segment: int
-) -> tuple[list[Any], int]:
+) -> tuple[list[Any], list[int]]:
     """One start frame per replica: its continuation when it has one, else a start structure
-    drawn from the segment's seed. Returns (frames, how many continue)."""
+    drawn from the segment's seed. Returns (frames, MD steps each replica's trajectory has run
+    before this segment: 0 for a fresh start)."""
     pool = read_frames(starts)
     replicas = config.exploration.replicas
     rng = np.random.default_rng(task_seed(config, "segment-starts", explorer, segment))
@@ -86,29 +93,45 @@ def _segment_starts(
     carry = {}
     if previous is not None:
         carry = {int(a.info["replica"]): a for a in read_frames(previous)}
-    frames = []
+    frames, steps_before = [], []
     for r in range(replicas):
         atoms = carry.get(r, pool[int(fresh[r])]).copy()
+        # md_step: the step of its trajectory the continuation is at; one written before
+        # trajectories were counted ran at least one segment
+        ran = int(atoms.info.get("md_step", config.streaming.segment_steps))
+        steps_before.append(ran if r in carry else 0)
         atoms.calc = None
         atoms.info = {}
         frames.append(atoms)
-    return frames, sum(r in carry for r in range(replicas))
+    return frames, steps_before
 
 
-def _continuations(data: dict[str, np.ndarray]) -> list[Any]:
-    """The last frame of each replica that stopped only because the segment ended."""
+def _continuations(
+    data: dict[str, np.ndarray],
+    *,
+    steps_before: list[int],
+    segment_steps: int,
+    max_steps: int | None,
+) -> list[Any]:
+    """The last frame of each replica that stopped only because the segment ended and whose
+    trajectory, this segment included, is still shorter than ``max_steps`` (None: no cap)."""
     from ubmd.md.writer import candidates_to_atoms
 
     last: dict[int, int] = {}
     for i, r in enumerate(np.asarray(data[keys.REPLICA]).tolist()):
         last[int(r)] = i
-    keep = [i for r, i in sorted(last.items()) if data[keys.STOP_REASON][i] == CONTINUE_REASON]
+    keep = []
+    for r, i in sorted(last.items()):
+        ran = steps_before[r] + segment_steps
+        if data[keys.STOP_REASON][i] == CONTINUE_REASON and (max_steps is None or ran < max_steps):
+            keep.append(i)
     out = []
     for atoms in candidates_to_atoms(data, keep):
+        r = int(atoms.info[keys.REPLICA])
         clean = atoms.copy()
         clean.calc = None
         clean.arrays = {k: v for k, v in clean.arrays.items() if k in ("numbers", "positions")}
-        clean.info = {"replica": int(atoms.info[keys.REPLICA])}
+        clean.info = {"replica": r, "md_step": steps_before[r] + segment_steps}
         out.append(clean)
     return out
 

@@ -42,12 +42,16 @@ def streaming_dag(config: CampaignConfig, site: SiteConfig) -> list[str]:
     s, x = config.streaming, config.exploration
     m, b = config.model.ensemble_size, config.selection.batch_size
     pool = s.select_pool_factor * b
+    restart = "a stop rule"
+    if s.max_trajectory_steps is not None:
+        restart += f" or {s.max_trajectory_steps} steps of trajectory (max_trajectory_steps)"
     rows = [
         ("initial", f"x{config.initial_data.random_displacements * len(config.systems)}",
          "first: the initial labels; model v1 is trained on them (the one barrier)"),
         ("segment", f"x{x.explorers}",
          f"continuously, per explorer one segment after another: {s.segment_steps} MD steps x "
-         f"{x.replicas} replicas with the newest published model (segment_steps)"),
+         f"{x.replicas} replicas with the newest published model (segment_steps); a replica "
+         f"goes on where it ended until {restart}"),
         ("select", "x1",
          f"one at a time, once >= {pool:g} candidates (select_pool_factor {s.select_pool_factor:g}"
          f" x batch_size {b}) and >= {segments_per_selection(config, b)} segments "
