@@ -176,12 +176,8 @@ class StreamingPace:
 
     def segments(self, labels: int) -> int:
         """Segments explored for ``labels`` labels: enough candidates and enough MD steps."""
-        s = self.config.streaming
-        by_candidates = math.ceil(labels * s.select_pool_factor / self.frames)
-        steps = labels * explore_steps_per_label(self.config)
-        return max(
-            by_candidates, math.ceil(steps / (self.config.exploration.replicas * s.segment_steps))
-        )
+        by_candidates = math.ceil(labels * self.config.streaming.select_pool_factor / self.frames)
+        return max(by_candidates, segments_per_selection(self.config, labels))
 
     def selections(self, labels: int) -> int:
         return math.ceil(labels / self.config.selection.batch_size)
