@@ -85,12 +85,12 @@ def campaign_file(
     return path
 
 
-def run(path: Path, log: Path) -> float:
-    """Run (or resume) one campaign; wall seconds of this call."""
+def run(path: Path, log: Path, site: str = "local") -> float:
+    """Run (or resume) one campaign on ``site``; wall seconds of this call."""
     t0 = time.perf_counter()
     with open(log, "a") as fh:
         res = subprocess.run(
-            [sys.executable, "-m", "ubmd.cli", "run", str(path), "--site", "local", "--no-live"],
+            [sys.executable, "-m", "ubmd.cli", "run", str(path), "--site", site, "--no-live"],
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
@@ -298,6 +298,7 @@ def main() -> None:
         help="change the campaign for both variants, e.g. exploration.start_from=store (YAML value)",
     )
     parser.add_argument("--tag", default="", help="appended to the scale in run names")
+    parser.add_argument("--site", default="local", help="site name or file for `ubmd run`")
     parser.add_argument(
         "--export",
         type=Path,
@@ -322,7 +323,7 @@ def main() -> None:
             times = directory / "wall_time_s.json"
             wall = json.loads(times.read_text()) if times.exists() else 0.0
             if not (directory / "final" / "report.json").exists():
-                wall += run(path, args.out / f"{path.stem}.log")
+                wall += run(path, args.out / f"{path.stem}.log", args.site)
                 times.write_text(json.dumps(wall))
             rows.append({"variant": variant, "seed": seed, **final_row(directory), "wall_s": wall})
             phases = phase_seconds(args.out / f"{path.stem}.log")

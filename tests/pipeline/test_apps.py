@@ -76,3 +76,28 @@ def test_one_worker_starts_the_queued_label_before_the_queued_segment(tmp_path):
     ranks = [PRIORITY_OF_STEP[step] for step in finished]
     assert ranks == sorted(ranks), finished
     assert finished[0] == "label_task"
+
+
+def test_a_task_alone_runs_with_the_threads_the_driver_gives_it(monkeypatch):
+    """The worker function receives the site's threads, or the driver's override when the
+    task runs alone on its executor; the worker pins torch to that count."""
+    import parsl
+    import torch
+
+    submitted = []
+
+    def fake_python_app(function, executors):
+        return lambda *args, **kwargs: submitted.append(args[:2])
+
+    monkeypatch.setattr(parsl, "python_app", fake_python_app)
+    apps = Apps(_site(3))
+    apps.train_task()
+    apps.train_task(threads_override=apps.threads_alone("train_task", 1))
+    assert submitted == [("train_task", 1), ("train_task", 3)]
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # restored after the test; _run_step sets it
+    try:
+        got = _run_step("task_seed", 2, SimpleNamespace(seed=0), "x")
+        assert isinstance(got, int) and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -140,6 +140,13 @@ def test_shrunk_quickstart_end_to_end(shrunk):
             "selection.extxyz",
         ):
             assert (d / name).is_file(), d / name
+    # each explorer says where its time went: start-up and compiling, then the steady rate
+    for it in (1, 2):
+        for e in range(data["exploration"]["explorers"]):
+            stats = json.loads((root / f"iter_{it:03d}/explore/explorer_{e:02d}.json").read_text())
+            assert stats["compiled"] is True and stats["n_frames"] > 0, stats
+            assert 0 < stats["warmup_s"] <= stats["wall_time_s"], stats
+            assert stats["steady_steps"] > 0 and stats["steady_atom_steps_per_s"] > 0, stats
     # the trained bundle works as an ASE calculator
     from ubmd.calculator import UBMDCalculator
     from ubmd.store.convert import read_extxyz
@@ -152,6 +159,13 @@ def test_shrunk_quickstart_end_to_end(shrunk):
         root / "iter_001" / "models" / "member_0.pt"
     )
     assert _model_extra(root / "iter_001" / "models" / "member_0.pt")["warm_start"] == ""
+    # nothing else runs while members train: they share the local executor's cores
+    from ubmd.pipeline.sites import load_site
+
+    alone = load_site("local").executors["local"].threads_alone(data["model"]["ensemble_size"])
+    for it in (1, 2):
+        extra = _model_extra(root / f"iter_{it:03d}" / "models" / "member_0.pt")
+        assert extra["torch_threads"] == alone, (it, extra["torch_threads"], alone)
     # the final model: every member trained on every usable label in the store (ok, and within
     # the energy limit when one is set), and those members are the bundle handed over
     limit = data["model"].get("max_energy_above_min_eV_atom")

@@ -262,3 +262,19 @@ def test_batch_workers_fall_back_to_the_drivers_scripts(tmp_path, monkeypatch):
     first, second = _formatted(worker_command(spec)).splitlines()
     assert first == f'command -v process_worker_pool.py >/dev/null || export PATH={bin_dir}:"$PATH"'
     assert second.startswith("process_worker_pool.py ")
+
+
+def test_tasks_alone_share_a_local_executors_cores():
+    from ubmd.pipeline.sites import ExecutorSpec
+
+    four = ExecutorSpec(provider="local", max_workers_per_node=4, cores_per_worker=1)
+    assert [four.threads_alone(n) for n in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
+    wide = ExecutorSpec(provider="local", max_workers_per_node=2, cores_per_worker=2)
+    assert [wide.threads_alone(n) for n in (1, 2, 3)] == [4, 2, 2]  # never below its own
+    auto = ExecutorSpec(provider="local")  # one worker per core of this machine
+    assert auto.threads_alone(1) == (os.cpu_count() or 1)
+    # a batch executor's tasks may share nodes with others: its own cores only
+    batch = ExecutorSpec(provider="slurm", max_workers_per_node=4, cores_per_worker=8)
+    assert batch.threads_alone(1) == 8
+    with pytest.raises(ValueError, match="tasks = 0"):
+        four.threads_alone(0)

@@ -107,6 +107,11 @@ def explore_task(
         "stop_reasons": stops,
         "wall_time_s": summary.get("wall_time_s"),
         "compiled": summary.get("compiled"),
+        # where an explorer's time goes: start-up and compiling, then the steady rate
+        **{
+            k: summary.get(k)
+            for k in ("warmup_s", "steady_steps", "steady_atom_steps_per_s", "steady_mean_replicas")
+        },
     }
 
 

@@ -79,6 +79,8 @@ def train_task(
     """Train ensemble member ``member`` on the labels before ``iteration`` (None: every label,
     the final model) and save it to ``out``: fine-tuning the model file ``init`` when given,
     from scratch otherwise. A member depends only on the data, its seed and ``init``."""
+    import torch
+
     from ubmd.campaign.validate import train_config
     from ubmd.models import load_model, save_model
     from ubmd.models.train import train_member
@@ -96,6 +98,8 @@ def train_task(
         "n_train": len(train[keys.N_ATOMS]),
         "training_data": training_data_digest(train),
         "warm_start": init or "",
+        # float sums follow the thread count: the same count reproduces a member bit for bit
+        "torch_threads": torch.get_num_threads(),
     }
     save_model(out, model, extra=provenance)
     shutil.rmtree(ckpt, ignore_errors=True)

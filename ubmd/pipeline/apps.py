@@ -106,6 +106,7 @@ class Apps:
         from parsl import python_app
 
         self._apps: dict[str, Callable[..., Any]] = {}
+        self._specs = {step: site.executors[site.roles[r]] for step, r in self.ROLE_OF_STEP.items()}
         for step, role in self.ROLE_OF_STEP.items():
             label = site.roles[role]
             spec = site.executors[label]
@@ -117,6 +118,11 @@ class Apps:
             extra["parsl_resource_specification"] = {"priority": PRIORITY_OF_STEP[step]}
             self._apps[step] = _bind(app, step, threads, extra)
 
+    def threads_alone(self, step: str, tasks: int) -> int:
+        """Threads for each of ``tasks`` tasks of ``step`` while nothing else runs on their
+        executor (:meth:`ExecutorSpec.threads_alone`)."""
+        return self._specs[step].threads_alone(tasks)
+
     def __getattr__(self, step: str) -> Callable[..., Any]:
         try:
             return self.__dict__["_apps"][step]
@@ -127,8 +133,9 @@ class Apps:
 def _bind(
     app: Callable[..., Any], step: str, threads: int, extra: dict[str, Any]
 ) -> Callable[..., Any]:
-    def submit(*args: Any, **kwargs: Any) -> Any:
-        return app(step, threads, *args, **extra, **kwargs)
+    def submit(*args: Any, threads_override: int | None = None, **kwargs: Any) -> Any:
+        n = threads if threads_override is None else threads_override
+        return app(step, n, *args, **extra, **kwargs)
 
     submit.__name__ = step
     return submit

@@ -19,7 +19,7 @@ from typing import Any
 
 from ubmd.campaign import steps
 from ubmd.campaign.config import CampaignConfig
-from ubmd.campaign.layout import CampaignLayout, read_json
+from ubmd.campaign.layout import CampaignLayout, read_json, write_json_atomic
 from ubmd.campaign.roles import RoleClock, plot_timeline
 from ubmd.pipeline import watchdog
 from ubmd.pipeline.apps import Apps, TaskTracker
@@ -153,11 +153,12 @@ class Driver:
         if bundle.exists():
             return
         member = (lambda m: layout.member(it, m)) if it is not None else layout.final_member
+        todo = [m for m in range(size) if not member(m).exists()]
+        # nothing else runs in this phase: the members share the train executor's cores
+        threads = self.apps.threads_alone("train_task", max(1, len(todo)))
         futures = []
-        for m in range(size):
+        for m in todo:
             out = member(m)
-            if out.exists():
-                continue
             init = steps.warm_start_model(self.config, layout, it, m)
             futures.append(
                 self.tracker.add(
@@ -169,6 +170,7 @@ class Driver:
                         member=m,
                         out=str(out),
                         init=None if init is None else str(init),
+                        threads_override=threads,
                     ),
                 )
             )
@@ -204,11 +206,12 @@ class Driver:
         starts = self.layout.starts(it)
         if not starts.exists():
             steps.write_starts(self.config, self.store, it, starts)
-        futures = []
+        futures, ran = [], []
         for e in range(self.config.exploration.explorers):
             out = self.layout.explorer(it, e)
             if out.exists():
                 continue
+            ran.append(out)
             futures.append(
                 self.tracker.add(
                     "explore",
@@ -223,6 +226,10 @@ class Driver:
                 )
             )
         results = self._wait(futures, "explore")
+        for out, result in zip(ran, results, strict=True):  # where the explorers' time went
+            if isinstance(result, dict):
+                stats = {k: v for k, v in result.items() if not k.startswith("_")}
+                write_json_atomic(out.with_suffix(".json"), stats)
         if self.config.exploration.compile:
             eager = [r for r in results if isinstance(r, dict) and r.get("compiled") is False]
             if eager:  # compiling failed in a worker: the run goes on, slower; say so

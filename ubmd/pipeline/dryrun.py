@@ -248,6 +248,8 @@ def iteration_dag(config: CampaignConfig, site: SiteConfig) -> list[str]:
         label = site.roles[role]
         spec = site.executors[label]
         where = f"{label} ({spec.provider})"
+        if task == "train":  # nothing else runs then: the members share the executor's cores
+            deps += f"; {spec.threads_alone(count)} thread(s) each"
         lines.append(f"{task:<10} x{count:<4} on {where:<22} after {deps}")
     return lines
 

@@ -215,6 +215,19 @@ class ExecutorSpec(_Strict):
         acc = self.available_accelerators
         return acc if isinstance(acc, int) else len(acc)
 
+    def threads_alone(self, tasks: int) -> int:
+        """Threads for each of ``tasks`` tasks submitted while nothing else runs on this
+        executor (an iterations campaign's training): a local executor's cores shared among
+        them, so one model trains on every core of a laptop instead of one. Never fewer than
+        ``cores_per_worker``; batch executors keep it (their tasks may share a node with others
+        the driver cannot see)."""
+        if tasks < 1:
+            raise ValueError(f"tasks = {tasks}: expected at least 1")
+        own = max(1, int(self.cores_per_worker))
+        if self.provider != "local":
+            return own
+        return max(own, int(self.workers_per_node() * self.cores_per_worker) // tasks)
+
     def workers_per_node(self) -> int:
         if self.max_workers_per_node == "auto":
             cores = self.cores_per_node or os.cpu_count() or 1
