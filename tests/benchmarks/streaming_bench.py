@@ -135,6 +135,8 @@ def print_table(results: list[dict]) -> None:
         )
     for mode in ("iterations", "streaming"):
         rows = [r for r in results if r["mode"] == mode]
+        if not rows:
+            continue
         cells = [
             "{:.0f} ± {:.0f}".format(*_mean_std(rows, lambda r: r["wall_s"])),
             "{:.4f} ± {:.4f}".format(*_mean_std(rows, lambda r: r["force_rmse"])),
@@ -181,6 +183,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="change the streaming campaigns only, e.g. streaming.max_trajectory_steps=1500",
     )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=("iterations", "streaming"),
+        default=["iterations", "streaming"],
+        help="run only these (the summary line compares the modes when both ran)",
+    )
     args = parser.parse_args()
     args.out = args.out.resolve()
     try:
@@ -189,7 +198,7 @@ def main() -> None:
         raise SystemExit(str(exc)) from None
     results = []
     for seed in args.seeds:
-        for mode in ("iterations", "streaming"):
+        for mode in args.modes:
             data = campaign(
                 mode,
                 seed=seed,
@@ -203,7 +212,12 @@ def main() -> None:
             results.append(run(data))
             print(json.dumps(results[-1]), flush=True)
     print_table(results)
-    print(summary_line(results, args.budget))
+    if len(args.modes) == 2:
+        print(summary_line(results, args.budget))
+    else:
+        f, f_sd = _mean_std(results, lambda r: r["force_rmse"])
+        print(f"summary: {args.modes[0]} only, {len(results)} seed(s), budget {args.budget} "
+              f"labels: F 300K {f:.4f} ± {f_sd:.4f} eV/A")  # fmt: skip
 
 
 if __name__ == "__main__":
