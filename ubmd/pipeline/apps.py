@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ubmd.pipeline.sites import SiteConfig
+from ubmd.pipeline.sites import ExecutorSpec, SiteConfig
 
 # The order in which an executor that several roles share (a laptop's) starts queued tasks,
 # lower first (parsl's HighThroughputExecutor `priority`): labels are the budget and the slowest
@@ -106,10 +106,10 @@ class Apps:
         from parsl import python_app
 
         self._apps: dict[str, Callable[..., Any]] = {}
-        self._specs = {step: site.executors[site.roles[r]] for step, r in self.ROLE_OF_STEP.items()}
+        self._specs: dict[str, ExecutorSpec] = {}
         for step, role in self.ROLE_OF_STEP.items():
             label = site.roles[role]
-            spec = site.executors[label]
+            spec = self._specs[step] = site.executors[label]
             threads = max(1, int(spec.cores_per_worker))
             app = python_app(_run_step, executors=[label])
             extra: dict[str, Any] = {}
