@@ -34,12 +34,12 @@ def _store(path: Path) -> Path:
     return path / "store.h5"
 
 
-def _config(tmp_path: Path, limit: float | None):
+def _config(tmp_path: Path, limit: float | None, start_limit: float | None = None):
     data = {
         "name": "t",
         "directory": "run",
         "systems": [{"name": "w", "structure": "w.xyz"}],
-        "exploration": {"start_from": "store"},
+        "exploration": {"start_from": "store", "start_max_energy_above_min_eV_atom": start_limit},
         "model": {"max_energy_above_min_eV_atom": limit},
     }
     return parse_campaign(data, base_dir=tmp_path)
@@ -52,6 +52,19 @@ def test_store_starts_are_the_last_iterations_labels_training_keeps(tmp_path: Pa
         assert list(store_starts(_config(tmp_path, 0.5), store, 2)) == [1, 2]  # not 0.6
         assert list(store_starts(_config(tmp_path, 0.5), store, 3)) == [4]  # not 0.9
         assert list(store_starts(_config(tmp_path, 0.5), store, 4)) == []
+        # a start limit of its own, tighter or looser than training's
+        assert list(store_starts(_config(tmp_path, 0.5, 0.08), store, 2)) == [1]  # not 0.1
+        assert list(store_starts(_config(tmp_path, None, 0.08), store, 3)) == [4]  # 0.05
+        assert list(store_starts(_config(tmp_path, 0.5, 0.7), store, 2)) == [1, 2, 3]
+
+
+def test_a_start_limit_must_be_positive(tmp_path: Path):
+    import pytest
+
+    from ubmd.strict import ConfigError
+
+    with pytest.raises(ConfigError, match="start_max_energy_above_min_eV_atom"):
+        _config(tmp_path, None, 0.0)
 
 
 def test_write_starts_puts_the_system_first_then_the_store_starts(tmp_path: Path):

@@ -147,6 +147,14 @@ def test_shrunk_quickstart_end_to_end(shrunk):
             assert stats["compiled"] is True and stats["n_frames"] > 0, stats
             assert 0 < stats["warmup_s"] <= stats["wall_time_s"], stats
             assert stats["steady_steps"] > 0 and stats["steady_atom_steps_per_s"] > 0, stats
+    # and `ubmd status` reads the newest iteration's
+    status = subprocess.run(
+        [sys.executable, "-m", "ubmd.cli", "status", str(root)], capture_output=True, text=True
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    n_explorers = data["exploration"]["explorers"]
+    assert f"explorers (iteration 2): {n_explorers}/{n_explorers} done" in status.stdout
+    assert "atom-steps/s each" in status.stdout
     # the trained bundle works as an ASE calculator
     from ubmd.calculator import UBMDCalculator
     from ubmd.store.convert import read_extxyz

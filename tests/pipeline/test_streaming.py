@@ -486,6 +486,9 @@ def test_streaming_resume_after_sigkill_loses_and_repeats_nothing(shrunk):
         hashes = [h.tobytes() for h in store.content_hashes()]
     assert len(set(hashes)) == len(hashes), "a structure stored twice"
     assert np.count_nonzero(arrays[keys.ITERATION] >= 1) == 9
+    # the progress line of the resumed run counts the labels stored before it too
+    finished = [line for line in res.stderr.splitlines() if " finished: labels stored " in line]
+    assert finished and f"labels stored {len(hashes)} (" in finished[-1], finished
     # every pick was labelled and stored: none lost
     layout = StreamLayout(root)
     picks = [

@@ -72,6 +72,9 @@ class ExplorationSpec(_Strict):
     explorers: int = Field(4, ge=1)  # parallel explorer tasks per iteration
     replicas: int = Field(8, ge=1)  # batched replicas inside each explorer
     start_from: Literal["systems", "store"] = "systems"  # store: recent labelled structures too
+    # with start_from: store, start only from labels at most this far above the lowest of their
+    # composition (eV/atom); None: the training limit (model.max_energy_above_min_eV_atom)
+    start_max_energy_above_min_eV_atom: float | None = Field(None, gt=0)
     compile: bool = (
         False  # torch.compile the model in each explorer (long runs; ubmd.models.compiled)
     )

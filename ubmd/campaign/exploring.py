@@ -40,11 +40,15 @@ def write_starts(
 
 
 def store_starts(config: CampaignConfig, store: Any, iteration: int) -> np.ndarray:
-    """Rows of the previous iteration's ok labels to start from. With
-    ``model.max_energy_above_min_eV_atom``, those that far above the lowest label of their
-    composition are left out, as in training: biased MD started from the high-energy frontier
-    climbs further each iteration (quickstart, docs/results.md)."""
-    limit = config.model.max_energy_above_min_eV_atom
+    """Rows of the previous iteration's ok labels to start from: those at most
+    ``exploration.start_max_energy_above_min_eV_atom`` (else the training limit
+    ``model.max_energy_above_min_eV_atom``; else all) above the lowest label of their
+    composition. Biased MD started from the high-energy frontier climbs further each
+    iteration (quickstart, docs/results.md); a limit near the thermal energy lets
+    trajectories chain across the plane at the temperature they sample."""
+    limit = config.exploration.start_max_energy_above_min_eV_atom
+    if limit is None:
+        limit = config.model.max_energy_above_min_eV_atom
     if limit is None:
         return store.select(iteration=iteration - 1, status=keys.STATUS_OK)
     rows = store.select(status=keys.STATUS_OK)  # the minimum is over every label

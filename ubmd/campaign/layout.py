@@ -10,6 +10,7 @@ all. Resume is then a matter of looking at which artefacts exist: nothing else r
     DIR/iter_NNN/models/member_M.pt   trained ensemble members
     DIR/iter_NNN/model.pt        the bundle: members + uncertainty + calibration
     DIR/iter_NNN/explore/explorer_E.h5   candidates of one explorer
+    DIR/iter_NNN/explore/explorer_E.json where its time went (start-up, steady rate, stops)
     DIR/iter_NNN/selection.extxyz the selected batch (structures + provenance)
     DIR/iter_NNN/labels/K.npz     one label result (ok or failed) per selected structure
     DIR/iter_NNN/report.json      metrics after the iteration (plots next to it)
@@ -123,6 +124,10 @@ class CampaignLayout:
 
     def explorer(self, i: int, e: int) -> Path:
         return self.iteration(i) / "explore" / f"explorer_{e:02d}.h5"
+
+    def explorer_stats(self, i: int, e: int) -> Path:
+        """Where one explorer's time went (start-up, steady rate, stop reasons)."""
+        return self.explorer(i, e).with_suffix(".json")
 
     def starts(self, i: int) -> Path:
         return self.iteration(i) / "explore" / "starts.extxyz"

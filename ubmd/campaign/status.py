@@ -44,6 +44,7 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
             else {},
         }
     return {
+        "explorers": _explorers(layout, config),
         "streaming": _streaming(layout) if config.get("mode") == "streaming" else None,
         "roles": _roles(layout.roles),
         "name": config.get("name"),
@@ -53,6 +54,36 @@ def campaign_status(directory: str | Path) -> dict[str, Any]:
         "labels_by_status": counts,
         "ok_labels_by_iteration": by_iteration,
     }
+
+
+def _explorers(layout: CampaignLayout, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest iteration's explorer summaries (start-up, steady rate, stops), if any."""
+    n_explorers = config.get("exploration", {}).get("explorers", 1)
+    for it in sorted(layout.iterations_present(), reverse=True):
+        paths = [layout.explorer_stats(it, e) for e in range(n_explorers)]
+        stats = [json.loads(p.read_text()) for p in paths if p.exists()]
+        if stats:
+            return {"iteration": it, "of": n_explorers, "stats": stats}
+    return None
+
+
+def format_explorers(explorers: dict[str, Any]) -> str:
+    """One line: how many explorers finished, their start-up and steady rate, why they stopped."""
+    stats = explorers["stats"]
+    parts = [f"explorers (iteration {explorers['iteration']}): {len(stats)}/{explorers['of']} done"]
+    warmup = [s["warmup_s"] for s in stats if s.get("warmup_s") is not None]
+    rate = [s["steady_atom_steps_per_s"] for s in stats if s.get("steady_atom_steps_per_s")]
+    if warmup:
+        parts.append(f"start-up {sum(warmup) / len(warmup):.1f} s")
+    if rate:
+        parts.append(f"{sum(rate) / len(rate):,.0f} atom-steps/s each")
+    stops: dict[str, int] = {}
+    for s in stats:
+        for reason, n in (s.get("stop_reasons") or {}).items():
+            stops[reason] = stops.get(reason, 0) + int(n)
+    if stops:
+        parts.append("stops " + ", ".join(f"{k} {v}" for k, v in sorted(stops.items())))
+    return "; ".join(parts)
 
 
 def _roles(path: Path) -> dict[str, Any]:
@@ -133,6 +164,8 @@ def render_status(status: dict[str, Any]) -> None:
     streaming = status.get("streaming")
     if streaming:
         console.print(f"streaming: model v{streaming['model_version']} published")
+    if status.get("explorers"):
+        console.print(format_explorers(status["explorers"]))
     roles = (streaming or {}).get("roles") or status.get("roles")
     if roles:
         console.print("roles: " + format_roles(roles))

@@ -211,7 +211,7 @@ class Driver:
             out = self.layout.explorer(it, e)
             if out.exists():
                 continue
-            ran.append(out)
+            ran.append(e)
             futures.append(
                 self.tracker.add(
                     "explore",
@@ -226,10 +226,10 @@ class Driver:
                 )
             )
         results = self._wait(futures, "explore")
-        for out, result in zip(ran, results, strict=True):  # where the explorers' time went
+        for e, result in zip(ran, results, strict=True):  # where the explorers' time went
             if isinstance(result, dict):
                 stats = {k: v for k, v in result.items() if not k.startswith("_")}
-                write_json_atomic(out.with_suffix(".json"), stats)
+                write_json_atomic(self.layout.explorer_stats(it, e), stats)
         if self.config.exploration.compile:
             eager = [r for r in results if isinstance(r, dict) and r.get("compiled") is False]
             if eager:  # compiling failed in a worker: the run goes on, slower; say so

@@ -71,6 +71,7 @@ class StreamingDriver:
     def run(self) -> RunSummary:
         self.clock.start_run()
         t0 = time.monotonic()
+        self.display.update(labels_before=steps.count_labels(self.store))  # a resume
         steps.import_labelled(self.config, self.store)
         self.base._iteration = 0  # what the base driver files its task spans under
         self.base._label_phase(0)  # nothing can explore before a first model: a barrier
