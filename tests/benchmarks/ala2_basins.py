@@ -39,9 +39,10 @@ def basins(phi_psi_deg: np.ndarray) -> np.ndarray:
 
 
 def _phi_psi(frames) -> np.ndarray:
+    """(F, 2) for frames of one molecule: one call over the stacked positions."""
     from ubmd.campaign.ramachandran import phi_psi
 
-    return np.array([phi_psi(a.positions[None], a.numbers)[0] for a in frames])
+    return phi_psi(np.stack([a.positions for a in frames]), frames[0].numbers)
 
 
 def _model_of(directory: Path) -> Path:
