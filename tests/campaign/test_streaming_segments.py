@@ -1,5 +1,6 @@
-"""Streaming explorer segments: which replicas go on in the next segment, and how long their
-trajectories have run (``streaming.max_trajectory_steps``)."""
+"""Streaming explorer segments: which replicas go on in the next segment, with what
+(positions, velocities, step count and bias windows), and how long their trajectories have run
+(``streaming.max_trajectory_steps``)."""
 
 from __future__ import annotations
 
@@ -9,57 +10,59 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from ubmd import keys
 from ubmd.campaign.frames import write_frames
-from ubmd.campaign.streaming import _continuations, _segment_starts
+from ubmd.campaign.layout import write_json_atomic
+from ubmd.campaign.streaming import _segment_starts, going_on, read_continuations
+from ubmd.md.continuation import Continuation
 
 
-def _segment_data(stops: dict[int, str]) -> dict[str, np.ndarray]:
-    """Candidate arrays of one segment: two frames per replica, the last with its stop reason."""
-    replicas = [r for r in stops for _ in range(2)]
-    n = len(replicas)
-    return {
-        keys.N_ATOMS: np.full(n, 2),
-        keys.NUMBERS: np.tile([1, 1], n),
-        keys.POSITIONS: np.arange(n * 6, dtype=float).reshape(-1, 3),
-        keys.CELL: np.zeros((n, 3, 3)),
-        keys.PBC: np.zeros((n, 3), dtype=bool),
-        keys.REPLICA: np.array(replicas),
-        keys.STOP_REASON: np.array([stops[r] if i % 2 else "" for i, r in enumerate(replicas)]),
-    }
+def _end(step: int, z: float = 0.74) -> Continuation:
+    return Continuation(
+        numbers=np.array([1, 1]), positions=np.array([[0, 0, 0], [0, 0, z]], dtype=float),
+        velocities=np.full((2, 3), 0.01), cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool),
+        step=step, windows={"win_f2": np.ones(10)},
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("max_steps", "going_on"), [(None, [0, 2]), (1000, [0, 2]), (700, [0]), (300, [])]
+    ("max_steps", "going"), [(None, [0, 2]), (1000, [0, 2]), (700, [0]), (300, [])]
 )
-def test_a_replica_goes_on_until_a_stop_rule_or_its_trajectory_is_long_enough(max_steps, going_on):
-    # replica 0 fresh, 1 stopped on the uncertainty, 2 already 400 steps into its trajectory
-    data = _segment_data({0: "max_steps", 1: "uncertainty", 2: "max_steps"})
-    ends = _continuations(data, steps_before=[0, 300, 400], segment_steps=300, max_steps=max_steps)
-    assert [a.info["replica"] for a in ends] == going_on
-    ran = {0: 300, 2: 700}
-    assert [a.info["md_step"] for a in ends] == [ran[r] for r in going_on]
-    # each goes on from its last frame (replica 0's is frame 1: atoms 2-3)
-    if going_on:
-        np.testing.assert_array_equal(ends[0].positions, data[keys.POSITIONS][2:4])
+def test_a_replica_goes_on_until_its_trajectory_is_long_enough(max_steps, going):
+    # replicas 0 and 2 reached the segment's end (1 stopped on a rule: no end), 2 is 700 steps in
+    ends = {2: _end(700), 0: _end(300)}
+    assert list(going_on(ends, max_steps=max_steps)) == going
 
 
-def test_the_next_segment_counts_the_steps_its_continuations_ran(tmp_path):
-    config = SimpleNamespace(
-        exploration=SimpleNamespace(replicas=3),
+def _config(replicas: int = 3):
+    return SimpleNamespace(
+        exploration=SimpleNamespace(replicas=replicas),
         streaming=SimpleNamespace(segment_steps=300),
         seed=0,
     )
+
+
+def test_the_next_segment_goes_on_with_what_the_last_one_left(tmp_path):
     starts = tmp_path / "starts.extxyz"
     write_frames(starts, [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])])
-    previous = tmp_path / "previous.extxyz"
+    previous = tmp_path / "s00002.next.json"
+    write_json_atomic(previous, {"1": _end(600, z=0.8).to_json()})
+    frames, carried = _segment_starts(_config(), str(starts), str(previous), 0, 3)
+    assert [c is not None for c in carried] == [False, True, False]
+    assert carried[1].step == 600 and carried[1].windows["win_f2"].shape == (10,)
+    np.testing.assert_array_equal(carried[1].velocities, np.full((2, 3), 0.01))
+    assert frames[1].positions[1, 2] == pytest.approx(0.8)
+    assert frames[0].positions[1, 2] == pytest.approx(0.74)
+    assert all(a.info == {} for a in frames)
+    assert _segment_starts(_config(), str(starts), None, 0, 0)[1] == [None, None, None]
+
+
+def test_a_continuation_file_of_an_older_ubmd_starts_its_replicas_again(tmp_path):
+    # older versions wrote positions only, as extxyz: those replicas start afresh
+    old = tmp_path / "s00002.next.extxyz"
     go_on = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.8]])
     go_on.info = {"replica": 1, "md_step": 600}
-    old = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.9]])
-    old.info = {"replica": 2}  # written before trajectories were counted
-    write_frames(previous, [go_on, old])
-    frames, steps_before = _segment_starts(config, str(starts), str(previous), 0, 3)
-    assert steps_before == [0, 600, 300]
-    assert frames[1].positions[1, 2] == pytest.approx(0.8)
-    assert all(a.info == {} for a in frames)
-    assert _segment_starts(config, str(starts), None, 0, 0)[1] == [0, 0, 0]
+    write_frames(old, [go_on])
+    assert read_continuations(old) == {}
+    assert read_continuations(tmp_path / "s00002.next.json") == {}  # its new name, not there
+    with pytest.raises(FileNotFoundError):
+        read_continuations(tmp_path / "s00007.next.json")  # neither: a bug, not skipped

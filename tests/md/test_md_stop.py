@@ -112,11 +112,11 @@ def test_replica_pool_assigns_starts_in_turn():
     a, b = Atoms("Ar"), Atoms("Ne")
     pool = ReplicaPool([a, b], n_slots=3)
     assert pool.n_runs == 3
-    ids, atoms = pool.take(2)
-    assert ids == [0, 1] and atoms == [a, b]
+    ids, atoms, conts = pool.take(2)
+    assert ids == [0, 1] and atoms == [a, b] and conts == [None, None]
     pool.started(ids, ["", "too_close"])
     assert pool.info[1] == {"start_index": 1, "stop_reason": "too_close", "steps": 0}
-    ids, atoms = pool.take(5)
+    ids, atoms, _ = pool.take(5)
     assert ids == [2] and atoms == [a] and not pool.waiting
     pool.started(ids, [""])
     pool.stopped(2, "max_steps", 7)

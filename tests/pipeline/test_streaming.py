@@ -403,6 +403,7 @@ def test_streaming_campaign_end_to_end(shrunk):
     assert np.count_nonzero(iteration >= 1) == 6  # exactly the budget: nothing picked beyond it
     assert all(str(s) == "ok" for s in arrays[keys.STATUS])
     _check_versions(root, dict(zip(hashes, iteration.tolist(), strict=True)))
+    assert _check_continuations(root, segment_steps=40) >= 1, "no replica went on"
     assert (root / "final" / "model.pt").is_file() and (root / "final" / "report.json").is_file()
     roles = json.loads((root / "stream" / "roles.json").read_text())["summary"]
     for role in ("explore", "select", "label", "train"):
@@ -424,6 +425,26 @@ def test_streaming_campaign_end_to_end(shrunk):
     assert (root / "final" / "model.pt").read_bytes() == before
 
 
+def _check_continuations(root: Path, *, segment_steps: int) -> int:
+    """Replicas that reached a segment's end go on in the explorer's next segment, their step
+    count going on too. Returns how many segments continued a replica."""
+    from ubmd.campaign.streaming import read_continuations
+    from ubmd.md.writer import read_candidates
+
+    went_on = 0
+    for path in sorted((root / "stream" / "explore").glob("e*/s*.next.json")):
+        ends = read_continuations(path)
+        assert all(c.step > 0 and c.step % segment_steps == 0 for c in ends.values()), path
+        following = path.with_name(f"s{int(path.name[1:6]) + 1:05d}.h5")
+        if ends and following.exists():
+            data = read_candidates(following)
+            for r, c in ends.items():
+                steps = data[keys.MD_STEP][data[keys.REPLICA] == r]
+                assert steps.min() >= c.step, (following, r, c.step, steps)
+            went_on += 1
+    return went_on
+
+
 def _check_versions(root: Path, version_of: dict[bytes, int], *, min_versions: int = 2) -> None:
     """Every active-learning label carries the model version whose explorer found it (the
     store's iteration column), that version was published, and it matches its pick."""
@@ -442,7 +463,7 @@ def _check_versions(root: Path, version_of: dict[bytes, int], *, min_versions: i
                 assert version_of[key] == atoms.info["iteration"] in published
                 picked += 1
     assert picked == sum(v >= 1 for v in version_of.values())
-    for path in sorted((root / "stream" / "explore").glob("e*/s*.json")):
+    for path in sorted((root / "stream" / "explore").glob("e*/s" + "[0-9]" * 5 + ".json")):
         assert json.loads(path.read_text())["version"] in published, path
 
 

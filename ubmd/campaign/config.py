@@ -114,7 +114,8 @@ class StreamingSpec(_Strict):
     offered to fresh segments (None: as much as the iterations mode explores per label,
     ``explorers x replicas x n_steps / batch_size``; 0: no minimum), so that labels that run
     first on shared cores do not starve the exploration behind them.
-    A replica goes on from where its last segment ended until a stop rule ends it or, with
+    A replica goes on with the trajectory its last segment left (positions, velocities, step
+    count, bias windows) until a stop rule ends it or, with
     ``max_trajectory_steps``, until its trajectory has run that many steps; then it starts
     afresh from a start structure (None: no cap).
     Candidates from a model more than ``max_staleness`` versions behind the newest are dropped.

@@ -8,7 +8,7 @@ final model, ``ubmd status`` and the reports work unchanged. Next to it::
     DIR/stream/snapshots/vNNNN.h5            the labels model version NNNN is trained on
     DIR/stream/models/vNNNN.pt               published model versions (complete, never rewritten)
     DIR/stream/explore/eEE/sSSSSS.json       a segment's request (model version, where it starts)
-    DIR/stream/explore/eEE/sSSSSS.next.extxyz  where the next segment of the explorer continues
+    DIR/stream/explore/eEE/sSSSSS.next.json  where the next segment of the explorer continues
     DIR/stream/explore/eEE/sSSSSS.h5         its candidates (written last: the segment is done)
     DIR/stream/select/pPPPP.json             a selection's request (segments, versions, batch)
     DIR/stream/select/pPPPP.condition.extxyz  structures labelled or being labelled at request
@@ -67,12 +67,12 @@ class StreamLayout:
         return self.segment(explorer, segment).with_suffix(".json")
 
     def continuation(self, explorer: int, segment: int) -> Path:
-        return self.segment(explorer, segment).with_suffix(".next.extxyz")
+        return self.segment(explorer, segment).with_suffix(".next.json")
 
     def segments_of(self, explorer: int) -> list[int]:
         """Segment numbers of an explorer that have a request (done or not), in order."""
         folder = self.base / "explore" / f"e{explorer:02d}"
-        return sorted(int(p.stem[1:]) for p in folder.glob("s[0-9]*.json"))
+        return sorted(int(p.stem[1:]) for p in folder.glob("s" + "[0-9]" * 5 + ".json"))
 
     def selection(self, pick: int) -> Path:
         return self.base / "select" / f"p{pick:04d}.extxyz"

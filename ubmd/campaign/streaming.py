@@ -12,20 +12,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ubmd import keys
 from ubmd.campaign.common import as_config, resolve_device, task_seed
 from ubmd.campaign.frames import read_frames, structure_key, write_frames
 from ubmd.campaign.labels import ORIGIN_FIELDS
-from ubmd.campaign.layout import atomic_path
+from ubmd.campaign.layout import atomic_path, read_json, write_json_atomic
 from ubmd.campaign.learning import features_and_uncertainty
 
-# the step-limit stop: the replica was fine and goes on in the next segment; any other stop
-# (uncertainty, atoms too close, NaN, ...) starts it afresh from a start structure
-CONTINUE_REASON = "max_steps"
+if TYPE_CHECKING:
+    from ubmd.md.continuation import Continuation
 
 
 def segment_task(
@@ -40,13 +38,13 @@ def segment_task(
     next_out: str,
 ) -> dict[str, Any]:
     """One segment of an explorer: ``streaming.segment_steps`` MD steps with the model ``bundle``
-    for each replica, from where the explorer's previous segment left it (``previous``, its
-    continuation file) or from a start structure. Writes the continuation file, then the
-    candidate file ``out`` (whose existence marks the segment done)."""
+    for each replica, going on with the trajectory the explorer's previous segment left it
+    (``previous``, its continuation file: positions, velocities, step count and bias windows;
+    :mod:`ubmd.md.continuation`) or from a start structure. Writes the continuation file, then
+    the candidate file ``out`` (whose existence marks the segment done)."""
     from ubmd.campaign.exploring import explorer_model
     from ubmd.campaign.validate import explore_config
     from ubmd.md.explore import run_explorer
-    from ubmd.md.writer import read_candidates
 
     config = as_config(cfg)
     spec = config.exploration
@@ -59,22 +57,19 @@ def segment_task(
         from ubmd.md.allocator import retain_freed_memory
 
         retain_freed_memory()
-    frames, steps_before = _segment_starts(config, starts, previous, explorer, segment)
+    frames, carried = _segment_starts(config, starts, previous, explorer, segment)
     model = explorer_model(bundle, device, compile=spec.compile, skin_A=spec.neighbour_skin_A)
     with atomic_path(out, ".h5") as tmp:
         tmp.unlink()  # the writer creates its own file
-        summary = run_explorer(ec, model, frames, out_path=tmp, replicas=len(frames))
-        data = read_candidates(tmp)
-        ends = _continuations(
-            data,
-            steps_before=steps_before,
-            segment_steps=config.streaming.segment_steps,
-            max_steps=config.streaming.max_trajectory_steps,
-        )
-        write_frames(next_out, ends)  # before the candidates mark the end
+        summary = run_explorer(
+            ec, model, frames, out_path=tmp, replicas=len(frames), continuations=carried,
+            keep_ends=True,
+        )  # fmt: skip
+        ends = going_on(summary["ends"], max_steps=config.streaming.max_trajectory_steps)
+        write_json_atomic(next_out, {str(r): c.to_json() for r, c in ends.items()})
     return {
-        "n_frames": len(data[keys.N_ATOMS]),
-        "continued": sum(n > 0 for n in steps_before),
+        "n_frames": summary["n_frames"],
+        "continued": sum(c is not None for c in carried),
         "wall_time_s": summary.get("wall_time_s"),
         "compiled": summary.get("compiled"),
     }
@@ -82,58 +77,42 @@ def segment_task(
 
 def _segment_starts(
     config: Any, starts: str, previous: str | None, explorer: int, segment: int
-) -> tuple[list[Any], list[int]]:
-    """One start frame per replica: its continuation when it has one, else a start structure
-    drawn from the segment's seed. Returns (frames, MD steps each replica's trajectory has run
-    before this segment: 0 for a fresh start)."""
+) -> tuple[list[Any], list[Continuation | None]]:
+    """One start frame per replica and its continuation: the previous segment's when the
+    replica goes on, else a start structure drawn from the segment's seed (and None)."""
     pool = read_frames(starts)
     replicas = config.exploration.replicas
     rng = np.random.default_rng(task_seed(config, "segment-starts", explorer, segment))
     fresh = rng.choice(len(pool), size=replicas, replace=len(pool) < replicas)
-    carry = {}
-    if previous is not None:
-        carry = {int(a.info["replica"]): a for a in read_frames(previous)}
-    frames, steps_before = [], []
+    carry = read_continuations(previous) if previous is not None else {}
+    frames, carried = [], []
     for r in range(replicas):
-        atoms = carry.get(r, pool[int(fresh[r])]).copy()
-        # md_step: the step of its trajectory the continuation is at; one written before
-        # trajectories were counted ran at least one segment
-        ran = int(atoms.info.get("md_step", config.streaming.segment_steps))
-        steps_before.append(ran if r in carry else 0)
+        cont = carry.get(r)
+        atoms = pool[int(fresh[r])].copy() if cont is None else cont.atoms()
         atoms.calc = None
         atoms.info = {}
         frames.append(atoms)
-    return frames, steps_before
+        carried.append(cont)
+    return frames, carried
 
 
-def _continuations(
-    data: dict[str, np.ndarray],
-    *,
-    steps_before: list[int],
-    segment_steps: int,
-    max_steps: int | None,
-) -> list[Any]:
-    """The last frame of each replica that stopped only because the segment ended and whose
-    trajectory, this segment included, is still shorter than ``max_steps`` (None: no cap)."""
-    from ubmd.md.writer import candidates_to_atoms
+def read_continuations(path: str | Path) -> dict[int, Continuation]:
+    """replica -> its continuation, from a segment's continuation file. A file of an older
+    ubmd (``.next.extxyz``: positions only, no velocities or bias windows) gives none: its
+    replicas start again from start structures."""
+    from ubmd.md.continuation import Continuation
 
-    last: dict[int, int] = {}
-    for i, r in enumerate(np.asarray(data[keys.REPLICA]).tolist()):
-        last[int(r)] = i
-    keep = []
-    for r, i in sorted(last.items()):
-        ran = steps_before[r] + segment_steps
-        if data[keys.STOP_REASON][i] == CONTINUE_REASON and (max_steps is None or ran < max_steps):
-            keep.append(i)
-    out = []
-    for atoms in candidates_to_atoms(data, keep):
-        r = int(atoms.info[keys.REPLICA])
-        clean = atoms.copy()
-        clean.calc = None
-        clean.arrays = {k: v for k, v in clean.arrays.items() if k in ("numbers", "positions")}
-        clean.info = {"replica": r, "md_step": steps_before[r] + segment_steps}
-        out.append(clean)
-    return out
+    path = Path(path)
+    legacy = path.with_name(path.name.replace(".next.json", ".next.extxyz"))
+    if path.suffix == ".extxyz" or (not path.exists() and legacy.exists()):
+        return {}
+    return {int(r): Continuation.from_json(c) for r, c in read_json(path).items()}
+
+
+def going_on(ends: dict[int, Continuation], *, max_steps: int | None) -> dict[int, Continuation]:
+    """The replicas that reached the segment's end (``ends``) and go on in the next segment:
+    those whose trajectory is still shorter than ``max_steps`` (None: no cap)."""
+    return {r: c for r, c in sorted(ends.items()) if max_steps is None or c.step < max_steps}
 
 
 def select_stream_task(

@@ -13,6 +13,8 @@ Layout (functions over a batched state, torch-sim style):
 * :mod:`ubmd.md.frames` — candidate columns of a batch's replicas.
 * :mod:`ubmd.md.writer` — candidate HDF5 files (``read_candidates``, ``candidates_to_atoms``).
 * :mod:`ubmd.md.explore` — ``ExploreConfig`` and ``run_explorer`` (replica pool, NaN snapshots).
+* :mod:`ubmd.md.continuation` — ``Continuation``: a trajectory going on in a later run
+  (streaming segments), bias windows included.
 * :mod:`ubmd.md.samplers` — uncertainty-as-CV metadynamics (``UncertaintyCVConfig``,
   ``HillsBias``) and adversarial attacks (``AdversarialConfig``, ``run_adversarial``).
 * :mod:`ubmd.md.adapter` — ``UBMDModel``: a ubmd potential + estimator + calibration

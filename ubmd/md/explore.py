@@ -5,7 +5,9 @@ least once (slots beyond the number of structures restart from them in turn), an
 slot whose replica stops is refilled with the next start structure until none is left
 (:class:`ReplicaPool`). Each replica writes a candidate frame every ``record_every`` steps
 and at its stop frame; a replica that went NaN writes its last finite frame instead
-(:class:`Snapshot`).
+(:class:`Snapshot`). A start structure may come with a :class:`~ubmd.md.continuation.Continuation`
+(a trajectory of an earlier run going on: its replica runs ``n_steps`` more steps), and the
+replicas that reach their step limit can hand theirs back (``keep_ends``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ase import Atoms, units
 
 from ubmd import keys
 from ubmd.md.bias import BiasConfig, normalise_weights
+from ubmd.md.continuation import WINDOWS, Continuation, capture, resume
 from ubmd.md.evaluation import Bias, Evaluation, evaluate
 from ubmd.md.frames import frames_from
 from ubmd.md.integrators import (
@@ -104,11 +107,21 @@ class ReplicaPool:
 
     Replica ids 0 .. n_runs-1 wait in a queue, n_runs = max(slots, structures): every
     structure runs at least once and spare slots start again from them in turn; replica k
-    starts from structure k % n_structures. ``info`` is the summary's record per replica.
+    starts from structure k % n_structures. A structure's continuation (if any) goes with
+    its first run only (k < n_structures). ``info`` is the summary's record per replica.
     """
 
-    def __init__(self, structures: Sequence[Atoms], n_slots: int) -> None:
+    def __init__(
+        self,
+        structures: Sequence[Atoms],
+        n_slots: int,
+        continuations: Sequence[Continuation | None] | None = None,
+    ) -> None:
         self.structures = list(structures)
+        self.continuations = list(continuations or [None] * len(self.structures))
+        if len(self.continuations) != len(self.structures):
+            raise ValueError(f"{len(self.continuations)} continuations for "
+                             f"{len(self.structures)} start structures")  # fmt: skip
         self.n_runs = max(n_slots, len(self.structures))
         self.info: dict[int, dict] = {}
         self._queue = list(range(self.n_runs))
@@ -117,10 +130,16 @@ class ReplicaPool:
     def waiting(self) -> bool:
         return bool(self._queue)
 
-    def take(self, n: int) -> tuple[list[int], list[Atoms]]:
-        """The next (up to) ``n`` replica ids and their start structures."""
+    def take(self, n: int) -> tuple[list[int], list[Atoms], list[Continuation | None]]:
+        """The next (up to) ``n`` replica ids, their start structures and continuations."""
         ids, self._queue = self._queue[:n], self._queue[n:]
-        return ids, [self.structures[k % len(self.structures)] for k in ids]
+        n_s = len(self.structures)
+        conts = [self.continuations[k] if k < n_s else None for k in ids]
+        atoms = [
+            self.structures[k % n_s] if c is None else c.atoms()
+            for k, c in zip(ids, conts, strict=True)
+        ]
+        return ids, atoms, conts
 
     def started(self, ids: Sequence[int], reasons: Sequence[str]) -> None:
         """Replicas ``ids`` started; a non-empty reason stopped one at step 0."""
@@ -141,11 +160,12 @@ class Snapshot:
     velocities: torch.Tensor
     cell: torch.Tensor
     step: torch.Tensor
+    windows: dict[str, torch.Tensor]  # (the bias replaces its windows, never edits them)
 
     @classmethod
     def of(cls, state: MDState) -> Snapshot:
         return cls(state.positions.clone(), state.velocities.clone(), state.cell.clone(),
-                   state.step.clone())  # fmt: skip
+                   state.step.clone(), {k: getattr(state, k) for k in WINDOWS})  # fmt: skip
 
     def replica(self, state: MDState, r: int) -> MDState:
         """Replica ``r`` of ``state`` (same batch layout) as it was at the snapshot."""
@@ -209,7 +229,9 @@ def _check_structures(structures: Sequence[Atoms]) -> None:
 class _Explorer:
     """One run's settings and bookkeeping: starting replicas, stepping, writing frames."""
 
-    def __init__(self, config: ExploreConfig, model, pool: ReplicaPool) -> None:
+    def __init__(
+        self, config: ExploreConfig, model, pool: ReplicaPool, *, keep_ends: bool = False
+    ) -> None:
         config.stop.check_model(model)
         self.bias = config.bias()
         if self.bias is not None and not getattr(model, "differentiable", False):
@@ -231,6 +253,21 @@ class _Explorer:
         self.window = 1 if self.bias is None else self.bias.window_samples
         self.config, self.model, self.pool = config, model, pool
         self.n_frames = 0
+        self.keep_ends = keep_ends
+        self.ends: dict[int, Continuation] = {}  # replica id -> where it reached its limit
+        self.limits: dict[int, int] = {}  # replica id -> its step limit, for continued ones
+        self._limit_rows: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def step_limit(self, state: MDState) -> int | torch.Tensor:
+        """The step at which each row stops: ``n_steps`` (capped by the stop rules) after
+        its start, a continued trajectory's start being its step count."""
+        if not self.limits:
+            return self.limit
+        if self._limit_rows is None or self._limit_rows[0] is not state.replica_id:
+            ids = state.replica_id.tolist()
+            rows = torch.tensor([self.limits.get(i, self.limit) for i in ids], device=self.device)
+            self._limit_rows = (state.replica_id, rows)
+        return self._limit_rows[1]
 
     def write(self, writer: CandidateWriter, state, ev, rows, reasons) -> None:
         if rows:
@@ -243,14 +280,17 @@ class _Explorer:
         a stop rule (atoms too close, NaN, ...) ends at step 0 with its frame."""
         states = []
         while n > 0 and self.pool.waiting:
-            ids, atoms = self.pool.take(n)
+            ids, atoms, conts = self.pool.take(n)
             t0_K = float(self.t_sched.at(torch.zeros(1))[0])
             st = make_state(atoms, replica_ids=ids, seed=self.config.seed, temperature_K=t0_K,
                             window=self.window, device=self.device, dtype=self.dtype)  # fmt: skip
+            resume(st, {r: c for r, c in enumerate(conts) if c is not None})
+            carried = [(k, c) for k, c in zip(ids, conts, strict=True) if c is not None]
+            self.limits.update({k: c.step + self.limit for k, c in carried})
             if self.stress:
                 check_periodic(st)
             ev = initialize(st, self.model, stress=self.stress, bias=self.bias)
-            reasons = check_stops(st, ev, self.config.stop, step_limit=self.limit,
+            reasons = check_stops(st, ev, self.config.stop, step_limit=self.step_limit(st),
                                   model=self.model)  # fmt: skip
             self.pool.started(ids, reasons)
             bad = [r for r in range(len(ids)) if reasons[r]]
@@ -277,7 +317,7 @@ class _Explorer:
 
     def finish_step(self, writer, state: MDState, ev: Evaluation, before: Snapshot) -> MDState:
         """Write the step's frames, end the replicas that stopped, refill their slots."""
-        reasons = check_stops(state, ev, self.config.stop, step_limit=self.limit,
+        reasons = check_stops(state, ev, self.config.stop, step_limit=self.step_limit(state),
                               model=self.model)  # fmt: skip
         steps = state.step.tolist()
         for r in (r for r in range(state.n_replicas) if reasons[r] == "nan"):
@@ -290,6 +330,8 @@ class _Explorer:
             return state
         for r in stopped:
             self.pool.stopped(int(state.replica_id[r]), reasons[r], steps[r])
+            if self.keep_ends and reasons[r] == "max_steps":
+                self.ends[int(state.replica_id[r])] = capture(state, r, before.windows)
         state = select_replicas(state, [r for r in range(state.n_replicas) if not reasons[r]])
         fresh = self.start(writer, len(stopped))
         return state if fresh is None else concat_states([state, fresh])
@@ -309,6 +351,8 @@ def run_explorer(
     out_path: str | Path,
     replicas: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    continuations: Sequence[Continuation | None] | None = None,
+    keep_ends: bool = False,
 ) -> dict:
     """Run one explorer; write candidates to ``out_path``; return a summary dict.
 
@@ -323,6 +367,11 @@ def run_explorer(
     average: below ``replicas`` once stopped replicas leave slots empty; None when the run
     is not longer than the warm-up). The warm-up is ``min(10, max(1, n_steps // 10))``
     batch steps.
+
+    ``continuations``: one per start structure (or None): its replica goes on with that
+    trajectory (:mod:`ubmd.md.continuation`) for ``n_steps`` more steps. ``keep_ends``: the
+    summary's ``ends`` maps each replica that stopped at its step limit to its
+    :class:`~ubmd.md.continuation.Continuation`.
     """
     from ubmd.md.adapter import as_md_model
 
@@ -331,7 +380,8 @@ def run_explorer(
     n_slots = len(start_structures) if replicas is None else int(replicas)
     if n_slots < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
-    run = _Explorer(config, model, ReplicaPool(start_structures, n_slots))
+    pool = ReplicaPool(start_structures, n_slots, continuations)
+    run = _Explorer(config, model, pool, keep_ends=keep_ends)
     planned = run.pool.n_runs * config.n_steps
     clock = _Clock(warmup=min(10, max(1, config.n_steps // 10)))
     with CandidateWriter(out_path) as writer:
@@ -352,4 +402,5 @@ def run_explorer(
         "out_path": str(out_path),
         "compiled": bool(getattr(model, "compiled", False)),
         **steady,
+        **({"ends": run.ends} if keep_ends else {}),
     }
