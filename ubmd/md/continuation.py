@@ -6,6 +6,7 @@ the same positions, velocities and cell, the same step count (the bias window's 
 sampling cadence go on) and the adaptive bias's windows as they were. What a new segment does
 change: the thermostat's noise is a new stream (each segment seeds its own), and when a newer
 model was published in between, forces and window samples from then on are the new model's.
+Metadynamics hills (``sampler: uncertainty_cv``) are not carried: a segment starts with none.
 
 The windows are kept as they were *before* the replica's last force evaluation: the next run
 evaluates the same positions again (:func:`ubmd.md.integrators.initialize`), which puts that
