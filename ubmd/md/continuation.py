@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from ubmd.md.state import MDState
+from ubmd.md.state import MDState, state_to_atoms
 
 WINDOWS = ("win_f2", "win_g2", "win_s2", "win_gs2")  # MDState's per-replica bias windows
 
@@ -74,13 +74,13 @@ class Continuation:
 def capture(state: MDState, r: int, windows_before: Mapping[str, torch.Tensor]) -> Continuation:
     """Replica ``r`` of ``state`` as it ends; ``windows_before``: the state's windows before the
     step that made its last evaluation."""
-    s = state.atom_slice(r)
+    atoms = state_to_atoms(state, r)
     return Continuation(
-        numbers=state.numbers[s].cpu().numpy(),
-        positions=state.positions[s].detach().cpu().numpy().astype(np.float64),
-        velocities=state.velocities[s].detach().cpu().numpy().astype(np.float64),
-        cell=state.cell[r].detach().cpu().numpy().astype(np.float64),
-        pbc=state.pbc[r].cpu().numpy(),
+        numbers=atoms.numbers,
+        positions=atoms.positions.astype(np.float64),
+        velocities=atoms.get_velocities().astype(np.float64),
+        cell=atoms.cell.array.astype(np.float64),
+        pbc=atoms.pbc,
         step=int(state.step[r]),
         windows={
             k: windows_before[k][r].detach().cpu().numpy().astype(np.float64) for k in WINDOWS
@@ -89,19 +89,22 @@ def capture(state: MDState, r: int, windows_before: Mapping[str, torch.Tensor]) 
 
 
 def resume(state: MDState, rows: Mapping[int, Continuation]) -> None:
-    """Give rows of a freshly made ``state`` (positions already the continuations') the
-    velocities, step and bias windows of their continuations, in place."""
+    """Give rows of a freshly made ``state`` the positions, cell, velocities, step and bias
+    windows of their continuations, in place (the row's structure gives the rest)."""
     for r, c in rows.items():
         s = state.atom_slice(r)
         if c.numbers.shape != (s.stop - s.start,) or not np.array_equal(
             c.numbers, state.numbers[s].cpu().numpy()
         ):
             raise ValueError(f"continuation of row {r} is not the structure the row holds")
-        state.velocities[s] = torch.as_tensor(c.velocities, dtype=state.dtype, device=state.device)
+        as_state = {"dtype": state.dtype, "device": state.device}
+        state.positions[s] = torch.as_tensor(c.positions, **as_state)
+        state.cell[r] = torch.as_tensor(c.cell, **as_state)
+        state.velocities[s] = torch.as_tensor(c.velocities, **as_state)
         state.step[r] = int(c.step)
         for name in WINDOWS:
             win = getattr(state, name)
-            value = torch.as_tensor(c.windows[name], dtype=state.dtype, device=state.device)
+            value = torch.as_tensor(c.windows[name], **as_state)
             if value.shape != win[r].shape:
                 raise ValueError(
                     f"continuation of row {r}: bias window {name} has {tuple(value.shape)} "

@@ -135,11 +135,7 @@ class ReplicaPool:
         ids, self._queue = self._queue[:n], self._queue[n:]
         n_s = len(self.structures)
         conts = [self.continuations[k] if k < n_s else None for k in ids]
-        atoms = [
-            self.structures[k % n_s] if c is None else c.atoms()
-            for k, c in zip(ids, conts, strict=True)
-        ]
-        return ids, atoms, conts
+        return ids, [self.structures[k % n_s] for k in ids], conts
 
     def started(self, ids: Sequence[int], reasons: Sequence[str]) -> None:
         """Replicas ``ids`` started; a non-empty reason stopped one at step 0."""
