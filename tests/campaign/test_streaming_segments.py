@@ -12,7 +12,12 @@ from ase import Atoms
 
 from ubmd.campaign.frames import write_frames
 from ubmd.campaign.layout import write_json_atomic
-from ubmd.campaign.streaming import _segment_starts, going_on, read_continuations
+from ubmd.campaign.streaming import (
+    _segment_starts,
+    going_on,
+    read_continuations,
+    trajectory_step_cap,
+)
 from ubmd.md.continuation import Continuation
 
 
@@ -31,6 +36,29 @@ def test_a_replica_goes_on_until_its_trajectory_is_long_enough(max_steps, going)
     # replicas 0 and 2 reached the segment's end (1 stopped on a rule: no end), 2 is 700 steps in
     ends = {2: _end(700), 0: _end(300)}
     assert list(going_on(ends, max_steps=max_steps)) == going
+
+
+@pytest.mark.parametrize(("setting", "cap"), [(None, 1500), (0, None), (700, 700)])
+def test_trajectories_are_as_long_as_the_iterations_modes_unless_set(setting, cap):
+    from ubmd.campaign.config import CampaignConfig
+
+    config = CampaignConfig.model_validate(
+        {
+            "name": "cap", "directory": "c", "systems": [{"name": "h2", "structure": "h2.xyz"}],
+            "exploration": {"settings": {"n_steps": 1500}},
+            "streaming": {"max_trajectory_steps": setting},
+        }
+    )  # fmt: skip
+    assert trajectory_step_cap(config) == cap
+
+
+def test_the_default_cap_is_validated_and_zero_means_none():
+    from ubmd.campaign.config import StreamingSpec
+
+    assert StreamingSpec().max_trajectory_steps is None
+    assert StreamingSpec(max_trajectory_steps=0).max_trajectory_steps == 0
+    with pytest.raises(ValueError, match="max_trajectory_steps"):
+        StreamingSpec(max_trajectory_steps=-1)
 
 
 def _config(replicas: int = 3):

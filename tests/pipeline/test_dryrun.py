@@ -102,10 +102,15 @@ def test_streaming_dry_run_renders_the_streaming_roles_and_an_estimate(shrunk, t
     # the shrunk quickstart explores 2 explorers x 2 replicas x 60 steps per batch of 3:
     # 80 steps per label, 240 per selection, 3 segments of 2 x 40 steps
     assert ">= 3 segments (80 replica MD steps per label, explore_steps_per_label)" in roles
-    assert "goes on where it ended until a stop rule\n" in roles
+    # by default a trajectory is as long as an iterations-mode one (n_steps 60)
+    assert "until a stop rule or 60 steps of trajectory (max_trajectory_steps)\n" in roles
     capped = _streaming_campaign(shrunk, **{"streaming.max_trajectory_steps": 120})
     assert "until a stop rule or 120 steps of trajectory (max_trajectory_steps)" in "\n".join(
         streaming_dag(capped, _two_executor_site(tmp_path))
+    )
+    uncapped = _streaming_campaign(shrunk, **{"streaming.max_trajectory_steps": 0})
+    assert "goes on where it ended until a stop rule\n" in "\n".join(
+        streaming_dag(uncapped, _two_executor_site(tmp_path))
     )
     assert "newest - 1 (max_staleness)" in roles
     assert "at most 4 in flight (max_labels_in_flight)" in roles

@@ -115,9 +115,10 @@ class StreamingSpec(_Strict):
     ``explorers x replicas x n_steps / batch_size``; 0: no minimum), so that labels that run
     first on shared cores do not starve the exploration behind them.
     A replica goes on with the trajectory its last segment left (positions, velocities, step
-    count, bias windows) until a stop rule ends it or, with
-    ``max_trajectory_steps``, until its trajectory has run that many steps; then it starts
-    afresh from a start structure (None: no cap).
+    count, bias windows) until a stop rule ends it or its trajectory has run
+    ``max_trajectory_steps`` steps; then it starts afresh from a start structure (None: the
+    iterations mode's ``n_steps`` (``exploration.settings``), so both modes explore trajectories of one
+    length; 0: no cap).
     Candidates from a model more than ``max_staleness`` versions behind the newest are dropped.
     ``stopping.max_iterations`` caps the number of model versions (docs/streaming.md).
     """
@@ -126,8 +127,8 @@ class StreamingSpec(_Strict):
     select_pool_factor: float = Field(2.0, ge=1.0)
     explore_steps_per_label: int | None = Field(None, ge=0)
     # a replica's trajectory, continued across segments, starts afresh after this many steps
-    # (None: it goes on until a stop rule ends it)
-    max_trajectory_steps: int | None = Field(None, ge=1)
+    # (None: the exploration's n_steps; 0: it goes on until a stop rule ends it)
+    max_trajectory_steps: int | None = Field(None, ge=0)
     max_labels_in_flight: int = Field(8, ge=1)
     train_every_labels: int = Field(8, ge=1)
     max_staleness: int = Field(1, ge=0)

@@ -65,7 +65,7 @@ def segment_task(
             ec, model, frames, out_path=tmp, replicas=len(frames), continuations=carried,
             keep_ends=True,
         )  # fmt: skip
-        ends = going_on(summary["ends"], max_steps=config.streaming.max_trajectory_steps)
+        ends = going_on(summary["ends"], max_steps=trajectory_step_cap(config))
         write_json_atomic(next_out, {str(r): c.to_json() for r, c in ends.items()})
     return {
         "n_frames": summary["n_frames"],
@@ -107,6 +107,17 @@ def read_continuations(path: str | Path) -> dict[int, Continuation]:
     if path.suffix == ".extxyz" or (not path.exists() and legacy.exists()):
         return {}
     return {int(r): Continuation.from_json(c) for r, c in read_json(path).items()}
+
+
+def trajectory_step_cap(config: Any) -> int | None:
+    """How many steps a continued trajectory runs before its replica starts afresh (None: no
+    cap): ``streaming.max_trajectory_steps``, by default the iterations mode's ``n_steps``."""
+    cap = config.streaming.max_trajectory_steps
+    if cap is None:
+        from ubmd.campaign.validate import explore_config
+
+        return int(explore_config(config).n_steps)
+    return None if cap == 0 else int(cap)
 
 
 def going_on(ends: dict[int, Continuation], *, max_steps: int | None) -> dict[int, Continuation]:

@@ -14,7 +14,11 @@ import math
 from typing import Any
 
 from ubmd.campaign.config import CampaignConfig
-from ubmd.campaign.streaming import explore_steps_per_label, segments_per_selection
+from ubmd.campaign.streaming import (
+    explore_steps_per_label,
+    segments_per_selection,
+    trajectory_step_cap,
+)
 from ubmd.pipeline.dryrun import (
     CostModel,
     initial_labels,
@@ -43,8 +47,9 @@ def streaming_dag(config: CampaignConfig, site: SiteConfig) -> list[str]:
     m, b = config.model.ensemble_size, config.selection.batch_size
     pool = s.select_pool_factor * b
     restart = "a stop rule"
-    if s.max_trajectory_steps is not None:
-        restart += f" or {s.max_trajectory_steps} steps of trajectory (max_trajectory_steps)"
+    cap = trajectory_step_cap(config)
+    if cap is not None:
+        restart += f" or {cap} steps of trajectory (max_trajectory_steps)"
     rows = [
         ("initial", f"x{config.initial_data.random_displacements * len(config.systems)}",
          "first: the initial labels; model v1 is trained on them (the one barrier)"),
