@@ -107,7 +107,7 @@ def test_nan_frame_survives_an_integrator_that_writes_in_place(tmp_path, monkeyp
 
 
 def test_replica_pool_assigns_starts_in_turn():
-    from ubmd.md.explore import ReplicaPool
+    from ubmd.md.replicas import ReplicaPool
 
     a, b = Atoms("Ar"), Atoms("Ne")
     pool = ReplicaPool([a, b], n_slots=3)

@@ -3,16 +3,16 @@
 ``run_explorer`` keeps up to ``replicas`` slots busy; every start structure is run at
 least once (slots beyond the number of structures restart from them in turn), and a
 slot whose replica stops is refilled with the next start structure until none is left
-(:class:`ReplicaPool`). Each replica writes a candidate frame every ``record_every`` steps
-and at its stop frame; a replica that went NaN writes its last finite frame instead
-(:class:`Snapshot`). A start structure may come with a :class:`~ubmd.md.continuation.Continuation`
-(a trajectory of an earlier run going on: its replica runs ``n_steps`` more steps), and the
-replicas that reach their step limit can hand theirs back (``keep_ends``).
+(:class:`~ubmd.md.replicas.ReplicaPool`). Each replica writes a candidate frame every
+``record_every`` steps and at its stop frame; a replica that went NaN writes its last
+finite frame instead (:class:`~ubmd.md.replicas.Snapshot`). A start structure may come
+with a :class:`~ubmd.md.continuation.Continuation` (a trajectory of an earlier run going
+on: its replica runs ``n_steps`` more steps), and the replicas that reach their step limit
+can hand theirs back (``keep_ends``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +23,7 @@ from ase import Atoms, units
 
 from ubmd import keys
 from ubmd.md.bias import BiasConfig, normalise_weights
-from ubmd.md.continuation import WINDOWS, Continuation, capture, resume
+from ubmd.md.continuation import Continuation, capture, resume
 from ubmd.md.evaluation import Bias, Evaluation, evaluate
 from ubmd.md.frames import frames_from
 from ubmd.md.integrators import (
@@ -34,6 +34,7 @@ from ubmd.md.integrators import (
     npt_step,
     nve_step,
 )
+from ubmd.md.replicas import ReplicaPool, Snapshot
 from ubmd.md.samplers import HillsBias, UncertaintyCVConfig
 from ubmd.md.schedule import Constant, LinearRamp, as_schedule
 from ubmd.md.state import MDState, concat_states, dtype_from_name, make_state, select_replicas
@@ -100,74 +101,6 @@ class ExploreConfig:
             species_weights=dict(self.species_weights),
             uncertainty_key=self.bias_key,
         )
-
-
-class ReplicaPool:
-    """Which replica runs which start structure.
-
-    Replica ids 0 .. n_runs-1 wait in a queue, n_runs = max(slots, structures): every
-    structure runs at least once and spare slots start again from them in turn; replica k
-    starts from structure k % n_structures. A structure's continuation (if any) goes with
-    its first run only (k < n_structures). ``info`` is the summary's record per replica.
-    """
-
-    def __init__(
-        self,
-        structures: Sequence[Atoms],
-        n_slots: int,
-        continuations: Sequence[Continuation | None] | None = None,
-    ) -> None:
-        self.structures = list(structures)
-        self.continuations = list(continuations or [None] * len(self.structures))
-        if len(self.continuations) != len(self.structures):
-            raise ValueError(f"{len(self.continuations)} continuations for "
-                             f"{len(self.structures)} start structures")  # fmt: skip
-        self.n_runs = max(n_slots, len(self.structures))
-        self.info: dict[int, dict] = {}
-        self._queue = list(range(self.n_runs))
-
-    @property
-    def waiting(self) -> bool:
-        return bool(self._queue)
-
-    def take(self, n: int) -> tuple[list[int], list[Atoms], list[Continuation | None]]:
-        """The next (up to) ``n`` replica ids, their start structures and continuations."""
-        ids, self._queue = self._queue[:n], self._queue[n:]
-        n_s = len(self.structures)
-        conts = [self.continuations[k] if k < n_s else None for k in ids]
-        return ids, [self.structures[k % n_s] for k in ids], conts
-
-    def started(self, ids: Sequence[int], reasons: Sequence[str]) -> None:
-        """Replicas ``ids`` started; a non-empty reason stopped one at step 0."""
-        for k, reason in zip(ids, reasons, strict=True):
-            self.info[k] = {"start_index": k % len(self.structures), "stop_reason": reason,
-                            "steps": 0}  # fmt: skip
-
-    def stopped(self, replica_id: int, reason: str, steps: int) -> None:
-        self.info[replica_id].update(stop_reason=reason, steps=steps)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """Copies of what a replica's last finite frame needs, taken before a step: a step
-    that goes NaN may leave its tensors changed, in place or not."""
-
-    positions: torch.Tensor
-    velocities: torch.Tensor
-    cell: torch.Tensor
-    step: torch.Tensor
-    windows: dict[str, torch.Tensor]  # (the bias replaces its windows, never edits them)
-
-    @classmethod
-    def of(cls, state: MDState) -> Snapshot:
-        return cls(state.positions.clone(), state.velocities.clone(), state.cell.clone(),
-                   state.step.clone(), {k: getattr(state, k) for k in WINDOWS})  # fmt: skip
-
-    def replica(self, state: MDState, r: int) -> MDState:
-        """Replica ``r`` of ``state`` (same batch layout) as it was at the snapshot."""
-        old = dataclasses.replace(state, positions=self.positions, velocities=self.velocities,
-                                  cell=self.cell, step=self.step)  # fmt: skip
-        return select_replicas(old, [r])
 
 
 @dataclass
