@@ -117,8 +117,8 @@ class StreamingSpec(_Strict):
     A replica goes on with the trajectory its last segment left (positions, velocities, step
     count, bias windows) until a stop rule ends it or its trajectory has run
     ``max_trajectory_steps`` steps; then it starts afresh from a start structure (None: the
-    iterations mode's ``n_steps`` (``exploration.settings``), so both modes explore trajectories of one
-    length; 0: no cap).
+    iterations mode's ``n_steps`` from ``exploration.settings``, so both modes explore
+    trajectories of one length; 0: no cap).
     Candidates from a model more than ``max_staleness`` versions behind the newest are dropped.
     ``stopping.max_iterations`` caps the number of model versions (docs/streaming.md).
     """
