@@ -161,6 +161,24 @@ def test_streaming_estimate_follows_the_cost_model(shrunk, tmp_path):
     assert _minutes(text, "after") >= 15 * 40 * 2 * 3000.0 / 6e4 * 0.999
 
 
+def test_a_share_of_picks_per_model_is_rendered_and_chains_the_models(shrunk, tmp_path):
+    site = _two_executor_site(tmp_path)
+    free = _dry_text(_streaming_campaign(shrunk), site, SLOW_LABELS)
+    assert "max_picks_per_model" not in free
+    share = {"streaming.max_picks_per_model": 3, "stopping.max_iterations": 40}
+    text = _dry_text(_streaming_campaign(shrunk, **share), site, SLOW_LABELS)
+    roles = text.split("== streaming roles")[1].split("== estimate")[0]
+    assert "at most 3 picks while one model is the newest (max_picks_per_model)" in roles
+    assert "(train_every_labels) or its model's last pick is in (max_picks_per_model)" in roles
+    # 60 labels, 3 per model: 20 models, each waiting for the 3 labels (one wave of 10 min)
+    # of the one before: the chain, not the 4 label slots (150 min), sets the pace
+    assert "models   20 one after another, each picking <= 3" in text
+    assert "(model chain the bottleneck)" in text
+    assert _minutes(text, "after") >= 20 * 10.0
+    assert _minutes(text, "after") > _minutes(free, "after")
+    assert "train    20 versions after v1 (one per 3 labels)" in text
+
+
 def test_streaming_dry_run_starts_nothing(shrunk, tmp_path, monkeypatch):
     import parsl
 

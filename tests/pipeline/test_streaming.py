@@ -357,6 +357,60 @@ def test_selection_never_asks_for_more_than_the_label_budget_leaves(tmp_path, mo
     assert _select_from(driver, monkeypatch, [("b", 2, 50)]) is None
 
 
+def test_a_model_picks_at_most_max_picks_per_model_then_selections_wait_for_the_next(
+    tmp_path, monkeypatch
+):
+    driver = _driver(
+        tmp_path, streaming={"max_picks_per_model": 6, "select_pool_factor": 1.0}
+    )  # batch_size 4, model v2 the newest
+    assert _select_from(driver, monkeypatch, [("a", 2, 50)])["batch_size"] == 4
+    assert _select_from(driver, monkeypatch, [("b", 2, 50)])["batch_size"] == 2  # 6 - 4
+    assert driver.state.picks_by_version == {2: 6}
+    # v2 picked its share: no selection, whatever it goes on to find
+    assert _select_from(driver, monkeypatch, [("c", 2, 50), ("d", 2, 50)]) is None
+    # ... and v3 is trained as soon as v2's last label is in, on however few new labels
+    driver.state.outstanding = {(1, 0)}
+    assert not driver._waiting_for_model()
+    driver.state.outstanding = set()
+    assert driver._waiting_for_model()
+    driver.state.n_ok += 1
+    assert driver._stop_reason(0.0) == ""
+    # v3 published: it picks again, from its own candidates only (v2's later ones are dropped)
+    driver.state.version = 3
+    request = _select_from(driver, monkeypatch, [("c", 2, 50), ("e", 3, 50)])
+    assert request["segments"] == ["e"] and request["stale"] == ["c"]
+    assert request["batch_size"] == 4 and request["version"] == 3
+    # without a cap a model picks for as long as labels flow
+    free = _driver(tmp_path / "free", streaming={"select_pool_factor": 1.0})
+    for pool in ([("a", 2, 50)], [("b", 2, 50)], [("c", 2, 50)]):
+        assert _select_from(free, monkeypatch, pool)["batch_size"] == 4
+    assert not free._waiting_for_model()
+
+
+def test_a_model_whose_picks_all_failed_stops_the_campaign_with_a_reason(tmp_path, monkeypatch):
+    driver = _driver(tmp_path, streaming={"max_picks_per_model": 4, "select_pool_factor": 1.0})
+    assert _select_from(driver, monkeypatch, [("a", 2, 50)]) is not None
+    assert driver._stop_reason(0.0) == (
+        "model v2 picked its 4 labels (max_picks_per_model) and none was labelled ok"
+    )  # nothing in flight, no new ok label: no new model can come
+
+
+def test_picks_per_model_are_read_back_from_the_selection_requests(tmp_path, monkeypatch):
+    from ubmd.campaign.stream_state import scan
+
+    driver = _driver(tmp_path, streaming={"max_picks_per_model": 6, "select_pool_factor": 1.0})
+    _select_from(driver, monkeypatch, [("a", 2, 50)])
+    driver.state.version = 3
+    _select_from(driver, monkeypatch, [("b", 3, 50)])
+    _select_from(driver, monkeypatch, [("c", 3, 50)])
+    with StructureStore.create(tmp_path / "store.h5") as store:
+        state = scan(driver.sl, store, explorers=1)
+    assert state.picks_by_version == {2: 4, 3: 6} == driver.state.picks_by_version
+    assert (
+        state.picks_left(6) == 6 and state.picks_left(6, 2) == 2 and state.picks_left(None) is None
+    )
+
+
 # ---------------------------------------------------------------------- end to end
 def _streaming_config(shrunk, name: str, *, budget: int) -> Path:
     config = shrunk(

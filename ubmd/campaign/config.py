@@ -120,6 +120,10 @@ class StreamingSpec(_Strict):
     iterations mode's ``n_steps`` from ``exploration.settings``, so both modes explore
     trajectories of one length; 0: no cap).
     Candidates from a model more than ``max_staleness`` versions behind the newest are dropped.
+    ``max_picks_per_model`` caps the labels picked while one version is the newest (None: no
+    cap); once they are picked, selections wait for the next version and its candidates, and
+    that version is trained as soon as the last of those labels is in, as in the iterations
+    mode, where each model picks one batch.
     ``stopping.max_iterations`` caps the number of model versions (docs/streaming.md).
     """
 
@@ -132,6 +136,8 @@ class StreamingSpec(_Strict):
     max_labels_in_flight: int = Field(8, ge=1)
     train_every_labels: int = Field(8, ge=1)
     max_staleness: int = Field(1, ge=0)
+    # labels picked while one model version is the newest (None: as many as labels flow)
+    max_picks_per_model: int | None = Field(None, ge=1)
     wall_time_limit_s: float | None = Field(None, gt=0)  # of one `ubmd run` (driver) process
     reports: bool = True  # a report (held-out errors) per model version; needed by the target
 

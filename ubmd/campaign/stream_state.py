@@ -32,11 +32,19 @@ class StreamState:
     # (candidate file, model version, frames) of finished segments no selection has taken yet
     pool: list[tuple[str, int, int]] = field(default_factory=list)
     n_selections: int = 0
+    picks_by_version: dict[int, int] = field(default_factory=dict)  # newest model -> labels asked
     pending_selection: int | None = None  # a selection request without its picks
     picks: dict[int, list[Any]] = field(default_factory=dict)  # selection -> picked frames
     label_queue: deque[tuple[int, int]] = field(default_factory=deque)
     outstanding: set[tuple[int, int]] = field(default_factory=set)  # picked, not stored yet
     done_labels: list[Path] = field(default_factory=list)  # results on disk, not in the store
+
+    def picks_left(self, cap: int | None, version: int | None = None) -> int | None:
+        """Labels selections may still pick while model ``version`` (default: the newest) is
+        the newest: ``cap`` (``streaming.max_picks_per_model``; None: no cap) less what the
+        selections under it asked for."""
+        v = self.version if version is None else version
+        return None if cap is None else max(0, cap - self.picks_by_version.get(v, 0))
 
     def in_flight_selections(self, layout: StreamLayout) -> list[Path]:
         return sorted({layout.selection(p) for p, _ in self.outstanding})
@@ -90,6 +98,8 @@ def _selections(layout: StreamLayout, store: Any, state: StreamState) -> set[str
         request = read_json(layout.selection_request(p))
         consumed.update(request["segments"], request["stale"])
         state.n_selections = p + 1
+        v = int(request["version"])
+        state.picks_by_version[v] = state.picks_by_version.get(v, 0) + int(request["batch_size"])
         if not layout.selection(p).exists():
             state.pending_selection = p
             continue

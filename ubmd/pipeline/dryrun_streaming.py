@@ -50,6 +50,11 @@ def streaming_dag(config: CampaignConfig, site: SiteConfig) -> list[str]:
     cap = trajectory_step_cap(config)
     if cap is not None:
         restart += f" or {cap} steps of trajectory (max_trajectory_steps)"
+    share = "" if s.max_picks_per_model is None else (
+        f"; at most {s.max_picks_per_model} picks while one model is the newest "
+        "(max_picks_per_model), then only the next one's candidates")  # fmt: skip
+    train_early = "" if s.max_picks_per_model is None else (
+        " or its model's last pick is in (max_picks_per_model)")  # fmt: skip
     rows = [
         ("initial", f"x{config.initial_data.random_displacements * len(config.systems)}",
          "first: the initial labels; model v1 is trained on them (the one barrier)"),
@@ -63,13 +68,13 @@ def streaming_dag(config: CampaignConfig, site: SiteConfig) -> list[str]:
          f"({explore_steps_per_label(config)} replica MD steps per label, "
          f"explore_steps_per_label) of models >= newest - {s.max_staleness} (max_staleness) are "
          "pooled and no pick waits for a label slot; conditioned on labelled + in-flight "
-         "structures"),
+         f"structures{share}"),
         ("label", f"<={s.max_labels_in_flight}",
          f"each pick at once, at most {s.max_labels_in_flight} in flight "
          "(max_labels_in_flight); stored as it arrives"),
         ("train", f"x{m}",
-         f"once {s.train_every_labels} new ok labels are stored (train_every_labels) and no "
-         "training runs: version v+1 on a store snapshot, warm-started from v"),
+         f"once {s.train_every_labels} new ok labels are stored (train_every_labels){train_early}"
+         " and no training runs: version v+1 on a store snapshot, warm-started from v"),
         ("bundle", "x1", f"after all {m} train task(s): calibrate, publish stream/models/vNNNN.pt"),
         ("report", "x1",
          "per published version" if _reports(config)
@@ -149,13 +154,20 @@ class StreamingPace:
         spec = self.site.executors[self.site.roles[role]]
         return spec.workers_per_node() * spec.nodes_per_block * spec.max_blocks
 
+    @property
+    def every(self) -> int:
+        """Labels per model version: train_every_labels, or a model's share of picks when that
+        is smaller (max_picks_per_model: the next version is trained once they are in)."""
+        s = self.config.streaming
+        share = s.max_picks_per_model
+        return s.train_every_labels if share is None else min(share, s.train_every_labels)
+
     def versions(self, labels: int) -> int:
-        """Model versions by ``labels`` labels: one per train_every_labels, capped."""
-        every = self.config.streaming.train_every_labels
-        return min(self.config.stopping.max_iterations, 1 + labels // every)
+        """Model versions by ``labels`` labels: one per ``every`` labels, capped."""
+        return min(self.config.stopping.max_iterations, 1 + labels // self.every)
 
     def member_minutes(self, version: int) -> float:
-        n_train = self.n0 + (version - 1) * self.config.streaming.train_every_labels
+        n_train = self.n0 + (version - 1) * self.every
         return train_minutes(self.config, self.built, self.costs, version=version, n_train=n_train)
 
     def period(self, version: int) -> float:
@@ -199,7 +211,27 @@ class StreamingPace:
             "explore": math.ceil(self.segments(labels) / explore_at_once) * self.segment,
             "select": self.selections(labels) * self.costs.select_minutes,  # one at a time
             **self.shared(labels),
+            **({} if s.max_picks_per_model is None else {"model chain": self.chain(labels)}),
         }
+
+    def chain(self, labels: int) -> float:
+        """Minutes of the models one after another when each picks at most its share
+        (max_picks_per_model): per model, a selection's exploration and the selection, the
+        labels of its share that the next version waits for (in waves), that version's
+        training."""
+        s, x = self.config.streaming, self.config.exploration
+        share = int(s.max_picks_per_model or labels)
+        batch = min(share, self.config.selection.batch_size)
+        explore_at_once = min(x.explorers, self.slots("explore"))
+        explore = math.ceil(segments_per_selection(self.config, batch) / explore_at_once)
+        label_at_once = min(s.max_labels_in_flight, self.slots("label"))
+        per_model = (
+            explore * self.segment
+            + self.costs.select_minutes
+            + math.ceil(min(share, s.train_every_labels) / label_at_once) * self.label
+        )
+        models = math.ceil(labels / share)
+        return models * per_model + sum(self.period(v) for v in range(2, models + 1))
 
     def shared(self, labels: int) -> dict[str, float]:
         """Minutes of each executor several roles share, for their work to ``labels`` labels.
@@ -229,7 +261,7 @@ class StreamingPace:
         bounds = self.bounds(budget)
         slowest = max(bounds, key=bounds.__getitem__)
         stop = (f"label_budget ({slowest} the bottleneck)", bounds[slowest], budget)
-        cap = (top - 1) * s.train_every_labels
+        cap = (top - 1) * self.every
         if cap <= budget:  # the last model version may come first
             minutes = 0.0  # max_iterations 1: model v1 is the last
             if top > 1:
@@ -338,9 +370,15 @@ def _resource_lines(pace: StreamingPace, labels: int) -> list[str]:
         f"{pace.slots('explore')} worker(s) of {explore_exec}): {_minutes(bounds['explore'])}",
         f"select   {pace.selections(labels)} selections of <= {config.selection.batch_size}, one "
         f"at a time: {_minutes(bounds['select'])}",
-        f"train    {len(trained)} versions after v1 (one per {s.train_every_labels} labels), one "
+        f"train    {len(trained)} versions after v1 (one per {pace.every} labels), one "
         f"at a time: {_minutes(train)} (not a bound: slower training means fewer versions)",
     ]
+    if "model chain" in bounds:
+        lines.append(
+            f"models   {math.ceil(labels / s.max_picks_per_model)} one after another, each "
+            f"picking <= {s.max_picks_per_model} (max_picks_per_model) once the one before is "
+            f"trained on its picks: {_minutes(bounds['model chain'])}"
+        )
     for name, minutes in bounds.items():
         if name.startswith("executor "):
             label = name.removeprefix("executor ")

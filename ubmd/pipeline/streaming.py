@@ -106,8 +106,12 @@ class StreamingDriver:
             return f"label budget reached ({state.n_ok_al} >= {stopping.label_budget})"
         stuck = state.training is None and not state.outstanding
         no_candidates = self.starved and self.config.stopping.stop_when_no_candidates
-        if no_candidates and stuck and state.n_ok == state.ok_in_snapshot:
-            return self.starved
+        if stuck and state.n_ok == state.ok_in_snapshot:
+            if no_candidates:
+                return self.starved
+            if state.picks_left(self.spec.max_picks_per_model) == 0:
+                return (f"model v{state.version} picked its {self.spec.max_picks_per_model} "
+                        "labels (max_picks_per_model) and none was labelled ok")  # fmt: skip
         if state.version >= stopping.max_iterations:
             return f"reached max_iterations = {stopping.max_iterations} model versions"
         target = stopping.target_force_rmse_eV_A
@@ -174,13 +178,19 @@ class StreamingDriver:
             return
         if self.draining or state.version >= self.config.stopping.max_iterations:
             return
-        new = state.n_ok - state.ok_in_snapshot
-        if state.version and new < (1 if self.starved else self.spec.train_every_labels):
+        wanted = 1 if self._waiting_for_model() else self.spec.train_every_labels
+        if state.version and state.n_ok - state.ok_in_snapshot < wanted:
             return
         v = state.version + 1
         write_snapshot(self.store, self.sl.snapshot(v))
         state.training, state.ok_in_snapshot = v, state.n_ok
         self._submit_members(v)
+
+    def _waiting_for_model(self) -> bool:
+        """Selections wait for a new model: the last found nothing new, or the newest model
+        picked its ``max_picks_per_model`` and every one of them is in."""
+        spent = self.state.picks_left(self.spec.max_picks_per_model) == 0
+        return bool(self.starved) or (spent and not self.state.outstanding)
 
     def _submit_members(self, v: int) -> None:
         if self.draining:
@@ -306,9 +316,16 @@ class StreamingDriver:
 
         state = self.state
         room = self.config.stopping.label_budget - state.n_ok_al - len(state.outstanding)
+        cap = self.spec.max_picks_per_model
+        left = state.picks_left(cap)
+        if left == 0:  # the newest model picked its share: wait for the next one
+            return None
+        batch = batch if left is None else min(batch, left)
         oldest = max(state.version - self.spec.max_staleness, self.min_pool_version)
-        fresh = [(path, v) for path, v, _ in state.pool if v >= oldest]
-        pooled = sum(n for _, v, n in state.pool if v >= oldest)
+        # what a model that picked its share went on to find is not asked for either
+        usable = {v for _, v, _ in state.pool if v >= oldest and state.picks_left(cap, v) != 0}
+        fresh = [(path, v) for path, v, _ in state.pool if v in usable]
+        pooled = sum(n for _, v, n in state.pool if v in usable)
         if room <= 0 or pooled < self.spec.select_pool_factor * batch:
             return None
         # labels run first on shared cores: without this wait, explorers would get only the
@@ -323,10 +340,12 @@ class StreamingDriver:
             "version": state.version,
             "segments": [path for path, _ in fresh],
             "versions": [v for _, v in fresh],
-            "stale": [path for path, v, _ in state.pool if v < oldest],
+            "stale": [path for path, v, _ in state.pool if v not in usable],
             "batch_size": min(batch, room),
         }
         write_json_atomic(self.sl.selection_request(p), request)
+        asked = state.picks_by_version.get(state.version, 0) + request["batch_size"]
+        state.picks_by_version[state.version] = asked
         state.pool = []
         return p
 
