@@ -534,6 +534,25 @@ def _check_versions(root: Path, version_of: dict[bytes, int], *, min_versions: i
         assert json.loads(path.read_text())["version"] in published, path
 
 
+def test_streaming_campaign_with_a_share_of_picks_per_model_reaches_its_budget(shrunk):
+    from ubmd.campaign.layout import read_json
+
+    config = _streaming_config(shrunk, "share", budget=6)
+    data = yaml.safe_load(config.read_text())
+    data["streaming"]["max_picks_per_model"] = 2  # batches of 3 cut to 2, one per model
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    root = Path(data["directory"])
+    res = _run(config)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "label budget reached (6 >= 6)" in res.stdout, res.stdout
+    asked: dict[int, int] = {}
+    for request in sorted((root / "stream" / "select").glob("p[0-9]*.json")):
+        r = read_json(request)
+        asked[r["version"]] = asked.get(r["version"], 0) + r["batch_size"]
+    assert asked and max(asked.values()) <= 2, asked
+    assert len(asked) >= 3  # 6 labels, at most 2 per model: at least 3 models picked
+
+
 def test_streaming_resume_after_sigkill_loses_and_repeats_nothing(shrunk):
     from test_campaign import _kill_group, _start, _wait_for
 
