@@ -388,11 +388,24 @@ def test_a_model_picks_at_most_max_picks_per_model_then_selections_wait_for_the_
 
 
 def test_a_model_whose_picks_all_failed_stops_the_campaign_with_a_reason(tmp_path, monkeypatch):
+    from ubmd.pipeline.streaming import _Task
+
     driver = _driver(tmp_path, streaming={"max_picks_per_model": 4, "select_pool_factor": 1.0})
     assert _select_from(driver, monkeypatch, [("a", 2, 50)]) is not None
+    # while the selection runs, its picks are on the way: no stop, no early training
+    driver.running = {"select-task": _Task("select", "select", {"pick": 0})}
+    assert driver._stop_reason(0.0) == "" and not driver._waiting_for_model()
+    driver.running = {}
+    driver.state.pending_selection = 0  # (resumed: the request without its picks)
+    assert driver._stop_reason(0.0) == "" and not driver._waiting_for_model()
+    driver.state.pending_selection = None
+    driver.state.outstanding = {(0, 0)}  # a pick being labelled
+    assert driver._stop_reason(0.0) == ""
+    # every pick in, none ok: no new label to train a new model on, nothing else to come
+    driver.state.outstanding = set()
     assert driver._stop_reason(0.0) == (
         "model v2 picked its 4 labels (max_picks_per_model) and none was labelled ok"
-    )  # nothing in flight, no new ok label: no new model can come
+    )
 
 
 def test_picks_per_model_are_read_back_from_the_selection_requests(tmp_path, monkeypatch):
@@ -519,6 +532,25 @@ def _check_versions(root: Path, version_of: dict[bytes, int], *, min_versions: i
     assert picked == sum(v >= 1 for v in version_of.values())
     for path in sorted((root / "stream" / "explore").glob("e*/s" + "[0-9]" * 5 + ".json")):
         assert json.loads(path.read_text())["version"] in published, path
+
+
+def test_streaming_campaign_with_a_share_of_picks_per_model_reaches_its_budget(shrunk):
+    from ubmd.campaign.layout import read_json
+
+    config = _streaming_config(shrunk, "share", budget=6)
+    data = yaml.safe_load(config.read_text())
+    data["streaming"]["max_picks_per_model"] = 2  # batches of 3 cut to 2, one per model
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    root = Path(data["directory"])
+    res = _run(config)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "label budget reached (6 >= 6)" in res.stdout, res.stdout
+    asked: dict[int, int] = {}
+    for request in sorted((root / "stream" / "select").glob("p[0-9]*.json")):
+        r = read_json(request)
+        asked[r["version"]] = asked.get(r["version"], 0) + r["batch_size"]
+    assert asked and max(asked.values()) <= 2, asked
+    assert len(asked) >= 3  # 6 labels, at most 2 per model: at least 3 models picked
 
 
 def test_streaming_resume_after_sigkill_loses_and_repeats_nothing(shrunk):

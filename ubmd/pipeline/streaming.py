@@ -109,7 +109,7 @@ class StreamingDriver:
         if stuck and state.n_ok == state.ok_in_snapshot:
             if no_candidates:
                 return self.starved
-            if state.picks_left(self.spec.max_picks_per_model) == 0:
+            if self._share_picked_and_in():
                 return (f"model v{state.version} picked its {self.spec.max_picks_per_model} "
                         "labels (max_picks_per_model) and none was labelled ok")  # fmt: skip
         if state.version >= stopping.max_iterations:
@@ -189,8 +189,17 @@ class StreamingDriver:
     def _waiting_for_model(self) -> bool:
         """Selections wait for a new model: the last found nothing new, or the newest model
         picked its ``max_picks_per_model`` and every one of them is in."""
-        spent = self.state.picks_left(self.spec.max_picks_per_model) == 0
-        return bool(self.starved) or (spent and not self.state.outstanding)
+        return bool(self.starved) or self._share_picked_and_in()
+
+    def _share_picked_and_in(self) -> bool:
+        """The newest model asked for its ``max_picks_per_model`` picks, and every one of them
+        is labelled (none still being selected, queued or labelled)."""
+        state = self.state
+        selecting = state.pending_selection is not None or any(
+            t.kind == "select" for t in self.running.values()
+        )
+        spent = state.picks_left(self.spec.max_picks_per_model) == 0
+        return spent and not selecting and not state.outstanding
 
     def _submit_members(self, v: int) -> None:
         if self.draining:
