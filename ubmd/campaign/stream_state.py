@@ -46,6 +46,10 @@ class StreamState:
         v = self.version if version is None else version
         return None if cap is None else max(0, cap - self.picks_by_version.get(v, 0))
 
+    def count_picks(self, version: int, n: int) -> None:
+        """A selection made while ``version`` was the newest asked for ``n`` picks."""
+        self.picks_by_version[version] = self.picks_by_version.get(version, 0) + n
+
     def in_flight_selections(self, layout: StreamLayout) -> list[Path]:
         return sorted({layout.selection(p) for p, _ in self.outstanding})
 
@@ -98,8 +102,7 @@ def _selections(layout: StreamLayout, store: Any, state: StreamState) -> set[str
         request = read_json(layout.selection_request(p))
         consumed.update(request["segments"], request["stale"])
         state.n_selections = p + 1
-        v = int(request["version"])
-        state.picks_by_version[v] = state.picks_by_version.get(v, 0) + int(request["batch_size"])
+        state.count_picks(int(request["version"]), int(request["batch_size"]))
         if not layout.selection(p).exists():
             state.pending_selection = p
             continue

@@ -220,7 +220,7 @@ class StreamingPace:
         labels of its share that the next version waits for (in waves), that version's
         training."""
         s, x = self.config.streaming, self.config.exploration
-        share = int(s.max_picks_per_model or labels)
+        share = int(s.max_picks_per_model)  # (only asked for when it is set)
         batch = min(share, self.config.selection.batch_size)
         explore_at_once = min(x.explorers, self.slots("explore"))
         explore = math.ceil(segments_per_selection(self.config, batch) / explore_at_once)
@@ -228,7 +228,7 @@ class StreamingPace:
         per_model = (
             explore * self.segment
             + self.costs.select_minutes
-            + math.ceil(min(share, s.train_every_labels) / label_at_once) * self.label
+            + math.ceil(self.every / label_at_once) * self.label
         )
         models = math.ceil(labels / share)
         return models * per_model + sum(self.period(v) for v in range(2, models + 1))

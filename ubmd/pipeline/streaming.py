@@ -104,12 +104,12 @@ class StreamingDriver:
         stopping, state = self.config.stopping, self.state
         if state.n_ok_al >= stopping.label_budget:
             return f"label budget reached ({state.n_ok_al} >= {stopping.label_budget})"
-        stuck = state.training is None and not state.outstanding
+        stuck = state.training is None and not self._picks_on_the_way()
         no_candidates = self.starved and self.config.stopping.stop_when_no_candidates
         if stuck and state.n_ok == state.ok_in_snapshot:
             if no_candidates:
                 return self.starved
-            if self._share_picked_and_in():
+            if state.picks_left(self.spec.max_picks_per_model) == 0:
                 return (f"model v{state.version} picked its {self.spec.max_picks_per_model} "
                         "labels (max_picks_per_model) and none was labelled ok")  # fmt: skip
         if state.version >= stopping.max_iterations:
@@ -189,17 +189,16 @@ class StreamingDriver:
     def _waiting_for_model(self) -> bool:
         """Selections wait for a new model: the last found nothing new, or the newest model
         picked its ``max_picks_per_model`` and every one of them is in."""
-        return bool(self.starved) or self._share_picked_and_in()
+        spent = self.state.picks_left(self.spec.max_picks_per_model) == 0
+        return bool(self.starved) or (spent and not self._picks_on_the_way())
 
-    def _share_picked_and_in(self) -> bool:
-        """The newest model asked for its ``max_picks_per_model`` picks, and every one of them
-        is labelled (none still being selected, queued or labelled)."""
+    def _selecting(self) -> bool:
+        return any(t.kind == "select" for t in self.running.values())
+
+    def _picks_on_the_way(self) -> bool:
+        """A selection runs or waits to (its picks not known yet), or picks are not stored."""
         state = self.state
-        selecting = state.pending_selection is not None or any(
-            t.kind == "select" for t in self.running.values()
-        )
-        spent = state.picks_left(self.spec.max_picks_per_model) == 0
-        return spent and not selecting and not state.outstanding
+        return bool(state.outstanding) or state.pending_selection is not None or self._selecting()
 
     def _submit_members(self, v: int) -> None:
         if self.draining:
@@ -297,7 +296,7 @@ class StreamingDriver:
         state, batch = self.state, self.config.selection.batch_size
         if self.draining or state.label_queue or self.starved:
             return
-        if any(t.kind == "select" for t in self.running.values()):
+        if self._selecting():
             return
         p = state.pending_selection
         if p is None:
@@ -353,8 +352,7 @@ class StreamingDriver:
             "batch_size": min(batch, room),
         }
         write_json_atomic(self.sl.selection_request(p), request)
-        asked = state.picks_by_version.get(state.version, 0) + request["batch_size"]
-        state.picks_by_version[state.version] = asked
+        state.count_picks(state.version, request["batch_size"])
         state.pool = []
         return p
 
