@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from ubmd.campaign.config import CampaignConfig
+from ubmd.campaign.config import CampaignConfig, parse_campaign
 from ubmd.campaign.layout import CampaignLayout, atomic_path
 from ubmd.strict import ConfigError, build
 
@@ -196,6 +196,15 @@ def check_directory(config: CampaignConfig) -> None:
             break
 
 
+def _as_today(stored: Any, base_dir: str) -> Any:
+    """A stored campaign file read by today's model, so that an option added since (at its
+    default) does not count as a change; stored as it is where today's model rejects it."""
+    try:
+        return parse_campaign(stored, base_dir=base_dir).to_yaml_dict()
+    except ConfigError:
+        return stored
+
+
 def prepare_directory(config: CampaignConfig) -> CampaignLayout:
     """Create the campaign directory and store, or check a resumed one matches this config."""
     from ubmd.store import StructureStore
@@ -204,7 +213,7 @@ def prepare_directory(config: CampaignConfig) -> CampaignLayout:
     layout.root.mkdir(parents=True, exist_ok=True)
     mine = config.to_yaml_dict()
     if layout.config.exists():
-        theirs = yaml.safe_load(layout.config.read_text())
+        theirs = _as_today(yaml.safe_load(layout.config.read_text()), config.base_dir)
         # stopping criteria may change on resume (run longer) and so may what the reports
         # measure; anything else changes the science
         free = ("stopping", "evaluation")
