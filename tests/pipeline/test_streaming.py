@@ -285,7 +285,7 @@ def _select_from(driver, monkeypatch, pool: list[tuple[str, int, int]]) -> dict 
     monkeypatch.setattr(streaming, "condition_frames", lambda store, in_flight: [])
     monkeypatch.setattr(frames, "write_frames", lambda path, atoms: None)
     driver.state.pool = list(pool)
-    p = driver._new_selection(driver.config.selection.batch_size)
+    p = driver._new_selection()
     return None if p is None else read_json(driver.sl.selection_request(p))
 
 

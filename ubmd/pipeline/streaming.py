@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ubmd.campaign import steps
@@ -30,6 +30,7 @@ from ubmd.campaign.config import CampaignConfig
 from ubmd.campaign.layout import read_json, write_json_atomic
 from ubmd.campaign.roles import RoleClock, plot_timeline
 from ubmd.campaign.stream_layout import StreamLayout, publish_model, write_snapshot
+from ubmd.campaign.stream_rules import next_selection_pool, stop_reason
 from ubmd.campaign.stream_state import label_record, scan
 from ubmd.pipeline.apps import Apps
 from ubmd.pipeline.display import Display
@@ -101,29 +102,18 @@ class StreamingDriver:
         return self.summary
 
     def _stop_reason(self, t0: float) -> str:
-        stopping, state = self.config.stopping, self.state
-        if state.n_ok_al >= stopping.label_budget:
-            return f"label budget reached ({state.n_ok_al} >= {stopping.label_budget})"
-        stuck = state.training is None and not self._picks_on_the_way()
-        no_candidates = self.starved and self.config.stopping.stop_when_no_candidates
-        if stuck and state.n_ok == state.ok_in_snapshot:
-            if no_candidates:
-                return self.starved
-            if state.picks_left(self.spec.max_picks_per_model) == 0:
-                return (f"model v{state.version} picked its {self.spec.max_picks_per_model} "
-                        "labels (max_picks_per_model) and none was labelled ok")  # fmt: skip
-        if state.version >= stopping.max_iterations:
-            return f"reached max_iterations = {stopping.max_iterations} model versions"
-        target = stopping.target_force_rmse_eV_A
-        report = self.layout.report(state.version)
-        if target is not None and state.version and report.exists():
+        report = self.layout.report(self.state.version)
+        rmse = None
+        if self.state.version and report.exists():
             rmse = read_json(report).get("test", {}).get("force_rmse_eV_A")
-            if rmse is not None and rmse <= target:
-                return f"held-out force RMSE {rmse:.4f} <= target {target} (v{state.version})"
-        limit = self.spec.wall_time_limit_s
-        if limit is not None and time.monotonic() - t0 >= limit:
-            return f"wall-time limit of {limit:g} s reached"
-        return ""
+        return stop_reason(
+            self.config,
+            self.state,
+            starved=self.starved,
+            picks_on_the_way=self._picks_on_the_way(),
+            newest_force_rmse=rmse,
+            elapsed_s=time.monotonic() - t0,
+        )
 
     def _schedule(self) -> None:
         self._schedule_training()
@@ -293,14 +283,14 @@ class StreamingDriver:
 
     # ------------------------------------------------------------------ selecting
     def _schedule_selection(self) -> None:
-        state, batch = self.state, self.config.selection.batch_size
+        state = self.state
         if self.draining or state.label_queue or self.starved:
             return
         if self._selecting():
             return
         p = state.pending_selection
         if p is None:
-            p = self._new_selection(batch)
+            p = self._new_selection()
             if p is None:
                 return
         state.pending_selection = None
@@ -317,42 +307,21 @@ class StreamingDriver:
         )
         self._submit("select", "select", fut, pick=p)
 
-    def _new_selection(self, batch: int) -> int | None:
+    def _new_selection(self) -> int | None:
         """Write the request of a new selection when its time has come; its number, or None."""
         from ubmd.campaign.frames import write_frames
-        from ubmd.campaign.streaming import condition_frames, segments_per_selection
+        from ubmd.campaign.streaming import condition_frames
 
         state = self.state
-        room = self.config.stopping.label_budget - state.n_ok_al - len(state.outstanding)
-        cap = self.spec.max_picks_per_model
-        left = state.picks_left(cap)
-        if left == 0:  # the newest model picked its share: wait for the next one
-            return None
-        batch = batch if left is None else min(batch, left)
-        oldest = max(state.version - self.spec.max_staleness, self.min_pool_version)
-        # what a model that picked its share went on to find is not asked for either
-        usable = {v for _, v, _ in state.pool if v >= oldest and state.picks_left(cap, v) != 0}
-        fresh = [(path, v) for path, v, _ in state.pool if v in usable]
-        pooled = sum(n for _, v, n in state.pool if v in usable)
-        if room <= 0 or pooled < self.spec.select_pool_factor * batch:
-            return None
-        # labels run first on shared cores: without this wait, explorers would get only the
-        # gaps between labels, and each label would be chosen from far less exploration
-        if len(fresh) < segments_per_selection(self.config, min(batch, room)):
+        pool = next_selection_pool(self.config, state, min_pool_version=self.min_pool_version)
+        if pool is None:
             return None
         p = state.n_selections
         state.n_selections += 1
         cond = condition_frames(self.store, state.in_flight_selections(self.sl))
         write_frames(self.sl.condition(p), cond)
-        request = {
-            "version": state.version,
-            "segments": [path for path, _ in fresh],
-            "versions": [v for _, v in fresh],
-            "stale": [path for path, v, _ in state.pool if v not in usable],
-            "batch_size": min(batch, room),
-        }
-        write_json_atomic(self.sl.selection_request(p), request)
-        state.count_picks(state.version, request["batch_size"])
+        write_json_atomic(self.sl.selection_request(p), {"version": state.version, **asdict(pool)})
+        state.count_picks(state.version, pool.batch_size)
         state.pool = []
         return p
 
