@@ -217,8 +217,8 @@ class CampaignConfig(_Strict):
         return self.path(self.directory)
 
     def to_yaml_dict(self) -> dict[str, Any]:
-        # the default mode and an untouched streaming section are left out, so campaign
-        # directories made before `mode` existed resume (prepare_directory compares this)
+        # the default mode and an untouched streaming section are left out, so an iterations
+        # campaign's campaign.yaml reads as it did before `mode` existed
         exclude = {"base_dir"}
         if self.mode == "iterations":
             exclude.add("mode")

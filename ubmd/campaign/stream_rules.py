@@ -78,11 +78,12 @@ def next_selection_pool(
         return None
     # labels run first on shared cores: without this wait, explorers would get only the
     # gaps between labels, and each label would be chosen from far less exploration
-    if len(fresh) < segments_per_selection(config, min(batch, room)):
+    picks = min(batch, room)
+    if len(fresh) < segments_per_selection(config, picks):
         return None
     return SelectionPool(
         segments=[path for path, _ in fresh],
         versions=[v for _, v in fresh],
         stale=[path for path, v, _ in state.pool if v not in usable],
-        batch_size=min(batch, room),
+        batch_size=picks,
     )

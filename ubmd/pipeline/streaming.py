@@ -102,11 +102,11 @@ class StreamingDriver:
         return self.summary
 
     def _stop_reason(self, t0: float) -> str:
-        report = self.layout.report(self.state.version)
         rmse = None  # read only when a target asks for it: this runs every turn of the loop
-        target = self.config.stopping.target_force_rmse_eV_A
-        if target is not None and self.state.version and report.exists():
-            rmse = read_json(report).get("test", {}).get("force_rmse_eV_A")
+        if self.config.stopping.target_force_rmse_eV_A is not None and self.state.version:
+            report = self.layout.report(self.state.version)
+            if report.exists():
+                rmse = read_json(report).get("test", {}).get("force_rmse_eV_A")
         return stop_reason(
             self.config,
             self.state,
