@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ubmd.pipeline.liveness import InterchangeWatch
 from ubmd.pipeline.sites import ExecutorSpec, SiteConfig
 
 # The order in which an executor that several roles share (a laptop's) starts queued tasks,
@@ -102,9 +103,11 @@ class Apps:
         "select_stream_task": "select",
     }
 
-    def __init__(self, site: SiteConfig) -> None:
+    def __init__(self, site: SiteConfig, *, watch: InterchangeWatch | None = None) -> None:
         from parsl import python_app
 
+        # the running executors' interchanges (None: nothing to watch, as in unit tests)
+        self.watch = watch
         self._apps: dict[str, Callable[..., Any]] = {}
         self._specs: dict[str, ExecutorSpec] = {}
         for step, role in self.ROLE_OF_STEP.items():
@@ -117,6 +120,12 @@ class Apps:
                 extra = {"launcher": spec.mpi_command, "scratch_dir": site.scratch_dir or ""}
             extra["parsl_resource_specification"] = {"priority": PRIORITY_OF_STEP[step]}
             self._apps[step] = _bind(app, step, threads, extra)
+
+    def check_alive(self) -> None:
+        """Raise :class:`~ubmd.pipeline.liveness.InterchangeLost` if an executor's interchange
+        has exited: the waiting loops call this on every tick, as parsl would wait forever."""
+        if self.watch is not None:
+            self.watch.check()
 
     def threads_alone(self, step: str, tasks: int) -> int:
         """Threads for each of ``tasks`` tasks of ``step`` while nothing else runs on their

@@ -24,6 +24,7 @@ from ubmd.campaign.roles import RoleClock, plot_timeline
 from ubmd.pipeline import watchdog
 from ubmd.pipeline.apps import Apps, TaskTracker
 from ubmd.pipeline.display import Display
+from ubmd.pipeline.liveness import InterchangeWatch
 from ubmd.pipeline.parsl_config import make_config
 from ubmd.pipeline.sites import SiteConfig
 
@@ -135,6 +136,7 @@ class Driver:
                     break
                 except concurrent.futures.TimeoutError:
                     self.display.refresh()
+                    self.apps.check_alive()
                 except Exception as exc:
                     raise RuntimeError(f"{phase} task failed after retries: {exc}") from exc
         return results
@@ -308,6 +310,7 @@ class Driver:
                     )
                     self._store_label(self.layout.label(it, k))
             self.display.refresh()
+            self.apps.check_alive()
         self._timed("label", t0)
 
     def _store_label(self, result: Path) -> None:
@@ -366,7 +369,7 @@ def run_campaign(config: CampaignConfig, site: SiteConfig, *, live: bool = True)
     guard = watchdog.start(layout.run_dir / "watchdog.log", state=layout.run_dir / "watchdog.json")
     dfk = parsl.load(make_config(site, layout.run_dir))
     try:
-        apps = Apps(site)
+        apps = Apps(site, watch=InterchangeWatch.of(dfk.executors))
         with (
             StructureStore.open(layout.store, mode="a") as store,
             Display(tracker, enabled=live) as display,

@@ -143,6 +143,7 @@ class StreamingDriver:
             else:
                 handler(task.data, fut.exception())
         self.display.refresh()
+        self.apps.check_alive()
         if time.monotonic() - self._saved_at > SAVE_ROLES_EVERY_S:
             self._save_roles(plot=False)
 

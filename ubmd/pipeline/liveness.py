@@ -1,0 +1,75 @@
+"""A campaign driver notices when parsl's interchange is gone, instead of waiting forever.
+
+Each HighThroughputExecutor runs an interchange process beside the driver; tasks and results
+pass through it. If it dies (the OOM killer on a login node, a stray ``kill``), parsl's
+submit side neither notices nor fails the tasks in flight (parsl issue 3374): the driver
+would wait for results that can never come. The driver's waiting loops call
+:meth:`InterchangeWatch.check` on every tick (one non-blocking ``waitpid`` per executor), and
+a dead interchange ends the run with :class:`InterchangeLost`: a one-line error that says
+how to go on. Nothing stored is at risk: the store commits each label as it arrives.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class InterchangeLost(ChildProcessError):
+    """parsl's interchange of an executor exited while the campaign ran.
+
+    A ``ChildProcessError`` (an ``OSError``): not a bug in ubmd, so the CLI prints its message
+    without a traceback and exits non-zero.
+    """
+
+
+@dataclass(frozen=True)
+class InterchangeWatch:
+    """Started parsl HighThroughputExecutors by label; :meth:`check` polls their interchanges."""
+
+    executors: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, executors: Mapping[str, Any]) -> InterchangeWatch:
+        """From parsl's executors by label (``dfk.executors``); executors without a local
+        interchange process (parsl's internal ``_parsl_internal``, other kinds) are skipped."""
+        from parsl.executors import HighThroughputExecutor
+
+        return cls(
+            {
+                label: ex
+                for label, ex in executors.items()
+                if isinstance(ex, HighThroughputExecutor) and ex.interchange_proc is not None
+            }
+        )
+
+    def check(self) -> None:
+        """Raise :class:`InterchangeLost` if an interchange has exited, after putting its
+        executor in parsl's bad state: its tasks fail, and parsl's cleanup skips the scale-in
+        that would wait forever on the dead interchange."""
+        for label, executor in self.executors.items():
+            proc = executor.interchange_proc
+            code = proc.poll()
+            if code is None:
+                continue
+            exc = InterchangeLost(
+                f"parsl's interchange of executor {label!r} (pid {proc.pid}) {_how(code)} "
+                "while the campaign ran, so no task can finish; every label stored so far "
+                "is kept: run the same command again to resume"
+            )
+            if not executor.bad_state_is_set:
+                executor.set_bad_state_and_fail_all(exc)
+            raise exc
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the out-of-memory killer sends this)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with status {code}"
