@@ -1,5 +1,6 @@
-"""A driver whose parsl interchange dies ends with a clear error instead of waiting forever
-(parsl's submit side does not notice: parsl issue 3374), and the store keeps its labels."""
+"""A driver whose executor is gone ends with a clear error and keeps its store as it was:
+its parsl interchange died (parsl's submit side would wait forever: parsl issue 3374), or
+parsl gave up on its blocks (workers that never start), which is no label's failure."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
 
-from ubmd.pipeline.liveness import InterchangeLost, InterchangeWatch
+from ubmd.pipeline.liveness import BlocksFailed, InterchangeLost, InterchangeWatch
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Executor:
@@ -24,10 +28,15 @@ class _Executor:
     def __init__(self, proc: subprocess.Popen) -> None:
         self.interchange_proc = proc
         self.failed_with: BaseException | None = None
+        self.provider = types.SimpleNamespace(script_dir="/runinfo/000/submit_scripts")
 
     @property
     def bad_state_is_set(self) -> bool:
         return self.failed_with is not None
+
+    @property
+    def executor_exception(self) -> BaseException | None:
+        return self.failed_with
 
     def set_bad_state_and_fail_all(self, exc: BaseException) -> None:
         self.failed_with = exc
@@ -50,7 +59,15 @@ def test_a_live_interchange_passes_and_a_dead_one_is_named():
         with pytest.raises(InterchangeLost, match="exited with status 3.*run the same command"):
             InterchangeWatch({"explore": exited}).check()
         # an OSError: the CLI shows it as one line, without a traceback
-        assert issubclass(InterchangeLost, OSError)
+        assert issubclass(InterchangeLost, OSError) and issubclass(BlocksFailed, OSError)
+        # parsl's own bad state (its blocks failed): named, with where their output is
+        alive.set_bad_state_and_fail_all(RuntimeError("Error 1:\n\tJob is MISSING\n\tEXIT CODE: 3"))
+        with pytest.raises(
+            BlocksFailed,
+            match=r"'labels'.*Error 1: Job is MISSING EXIT CODE: 3"
+            r".*/runinfo/000/submit_scripts",
+        ):
+            InterchangeWatch({"labels": alive}).check()
     finally:
         for ex in (alive, killed):
             if ex.interchange_proc.poll() is None:
@@ -137,3 +154,32 @@ def _labels(store: Path) -> int:
             return len(st)
     except (OSError, ValueError):  # still being created, or locked by the writer
         return 0
+
+
+@pytest.mark.timeout(400)
+def test_workers_that_never_start_leave_no_failed_labels_and_resume_works(shrunk, tmp_path):
+    """A site whose worker_init fails: parsl gives up on the executor, the run ends with a
+    clear error, the store holds no failed labels (the structures were never tried), and
+    the same campaign on a working site then labels them."""
+    from ubmd.store import StructureStore
+
+    site = yaml.safe_load((ROOT / "site_configs" / "local.yaml").read_text())
+    site["executors"]["local"]["worker_init"] = "exit 3"
+    bad_site = tmp_path / "bad_site.yaml"
+    bad_site.write_text(yaml.safe_dump(site))
+    config = shrunk(name="noworkers", iterations=1)
+    root = Path(yaml.safe_load(config.read_text())["directory"])
+    run = [sys.executable, "-m", "ubmd.cli", "run", str(config), "--no-live", "--site"]
+    res = subprocess.run([*run, str(bad_site)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "gave up on executor 'local'" in res.stderr and "submit_scripts" in res.stderr
+    assert "EXIT CODE: 3" in res.stderr, res.stderr
+    if (root / "store.h5").exists():
+        with StructureStore.open(root / "store.h5") as st:
+            assert len(st) == 0  # nothing recorded as a failed label
+    res = subprocess.run([*run, "local"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with StructureStore.open(root / "store.h5") as st:
+        ok = len(st.select(status="ok"))
+    assert ok >= 10, ok  # the 10 initial labels at least, none of them failed

@@ -138,6 +138,7 @@ class Driver:
                     self.display.refresh()
                     self.apps.check_alive()
                 except Exception as exc:
+                    self.apps.check_alive()  # the executor's failure, not the task's
                     raise RuntimeError(f"{phase} task failed after retries: {exc}") from exc
         return results
 
@@ -300,6 +301,7 @@ class Driver:
                     self._record("label", fut.result())
                     self._store_label(self.layout.label(it, k))
                 else:  # the task itself died (after parsl's retries): record it, never drop it
+                    self.apps.check_alive()  # unless its executor did: not the label's fault
                     steps.write_failed_label(
                         self.cfg,
                         selection=selection,

@@ -1,4 +1,5 @@
-"""A campaign driver notices when parsl's interchange is gone, instead of waiting forever.
+"""A campaign driver notices when an executor is gone, instead of waiting forever or
+reporting parsl's failure as a bug.
 
 Each HighThroughputExecutor runs an interchange process beside the driver; tasks and results
 pass through it. If it dies (the OOM killer on a login node, a stray ``kill``), parsl's
@@ -7,6 +8,11 @@ would wait for results that can never come. The driver's waiting loops call
 :meth:`InterchangeWatch.check` on every tick (one non-blocking ``waitpid`` per executor), and
 a dead interchange ends the run with :class:`InterchangeLost`: a one-line error that says
 how to go on. Nothing stored is at risk: the store commits each label as it arrives.
+
+Parsl itself gives up on an executor whose blocks all fail (workers that never start: a
+broken ``worker_init``, a scheduler that rejects the job) and fails its tasks. That is the
+site's problem, not a label's or ubmd's: :class:`BlocksFailed` says where the blocks' output
+is, and the driver checks for it before it records a failed task as a failed label.
 """
 
 from __future__ import annotations
@@ -17,12 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 
-class InterchangeLost(ChildProcessError):
-    """parsl's interchange of an executor exited while the campaign ran.
+class ExecutorLost(ChildProcessError):
+    """An executor can run no more tasks. A ``ChildProcessError`` (an ``OSError``): not a bug
+    in ubmd, so the CLI prints its message without a traceback and exits non-zero."""
 
-    A ``ChildProcessError`` (an ``OSError``): not a bug in ubmd, so the CLI prints its message
-    without a traceback and exits non-zero.
-    """
+
+class InterchangeLost(ExecutorLost):
+    """parsl's interchange of an executor exited while the campaign ran."""
+
+
+class BlocksFailed(ExecutorLost):
+    """parsl gave up on an executor: its blocks failed (workers that never started)."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +59,14 @@ class InterchangeWatch:
     def check(self) -> None:
         """Raise :class:`InterchangeLost` if an interchange has exited, after putting its
         executor in parsl's bad state: its tasks fail, and parsl's cleanup skips the scale-in
-        that would wait forever on the dead interchange."""
+        that would wait forever on the dead interchange. Raise :class:`BlocksFailed` if
+        parsl has put an executor in that state itself."""
         for label, executor in self.executors.items():
             proc = executor.interchange_proc
             code = proc.poll()
             if code is None:
+                if executor.bad_state_is_set:
+                    raise _blocks_failed(label, executor)
                 continue
             exc = InterchangeLost(
                 f"parsl's interchange of executor {label!r} (pid {proc.pid}) {_how(code)} "
@@ -62,6 +76,16 @@ class InterchangeWatch:
             if not executor.bad_state_is_set:
                 executor.set_bad_state_and_fail_all(exc)
             raise exc
+
+
+def _blocks_failed(label: str, executor: Any) -> BlocksFailed:
+    reason = " ".join(str(executor.executor_exception).split())  # parsl's, on one line
+    return BlocksFailed(
+        f"parsl gave up on executor {label!r}: its blocks failed ({reason}); their "
+        f"scripts and output are in {executor.provider.script_dir}; check the site's "
+        "worker_init and scheduler settings, then run the same command again to resume "
+        "(every label stored so far is kept)"
+    )
 
 
 def _how(code: int) -> str:

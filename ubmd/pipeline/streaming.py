@@ -135,8 +135,10 @@ class StreamingDriver:
                 result = fut.result()
                 if isinstance(result, dict) and "_body_s" in result:
                     self.clock.add(task.role, task.kind, tuple(result["_body_s"]))
-            elif task.kind != "label":
-                raise RuntimeError(f"{task.kind} task failed after retries: {fut.exception()}")
+            else:
+                self.apps.check_alive()  # the executor's failure is not the task's (or label's)
+                if task.kind != "label":
+                    raise RuntimeError(f"{task.kind} task failed after retries: {fut.exception()}")
             handler = getattr(self, f"_on_{task.kind}")
             if task.kind == "segment":
                 handler(task.data, None, result)
