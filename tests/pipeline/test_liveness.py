@@ -183,3 +183,71 @@ def test_workers_that_never_start_leave_no_failed_labels_and_resume_works(shrunk
     with StructureStore.open(root / "store.h5") as st:
         ok = len(st.select(status="ok"))
     assert ok >= 10, ok  # the 10 initial labels at least, none of them failed
+
+
+def _busy_workers_of(root: Path) -> list[psutil.Process]:
+    """The worker processes of the campaign whose folder is ``root`` (children of its worker
+    pools, which carry the folder on their command line) that are running a task: those
+    using CPU. The idle ones are left alone: one killed while it waits for a task holds the
+    pool's task queue lock for good (the out-of-memory killer picks the busy one)."""
+    workers = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "process_worker_pool" in cmd and str(root) in cmd:
+            with contextlib.suppress(psutil.Error):
+                workers += [w for w in p.children() if "spawn_main" in " ".join(w.cmdline())]
+    before = {}
+    for w in workers:
+        with contextlib.suppress(psutil.Error):
+            before[w.pid] = sum(w.cpu_times()[:2])
+    time.sleep(0.3)
+    busy = []
+    for w in workers:
+        with contextlib.suppress(psutil.Error):
+            if w.pid in before and sum(w.cpu_times()[:2]) - before[w.pid] > 0.05:
+                busy.append(w)
+    return busy
+
+
+@pytest.mark.timeout(400)
+def test_a_task_whose_worker_is_killed_on_every_try_ends_the_run_clearly(shrunk, tmp_path):
+    """Workers SIGKILLed while the first model trains (the out-of-memory killer), with no
+    retries left: the run ends with a one-line error naming the task, not parsl's traceback."""
+    site = yaml.safe_load((ROOT / "site_configs" / "local.yaml").read_text())
+    site["retries"] = 0
+    site_path = tmp_path / "no_retries.yaml"
+    site_path.write_text(yaml.safe_dump(site))
+    config = shrunk(name="oom")
+    root = Path(yaml.safe_load(config.read_text())["directory"])
+    err_path = tmp_path / "driver.err"
+    command = [sys.executable, "-m", "ubmd.cli", "run", str(config), "--no-live", "--site"]
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(
+            [*command, str(site_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while _labels(root / "store.h5") < 10:  # then only training runs
+            assert proc.poll() is None, err_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no labels stored in time"
+            time.sleep(0.2)
+        killed = 0
+        deadline = time.monotonic() + 120
+        while proc.poll() is None:
+            assert time.monotonic() < deadline, "the driver did not end"
+            for w in _busy_workers_of(root):
+                with contextlib.suppress(psutil.Error):
+                    w.kill()
+                    killed += 1
+        err = err_path.read_text()
+        assert killed, "no worker was found to kill"
+        assert proc.returncode == 2, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        assert "task failed on every try" in err and "loss of" in err, err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

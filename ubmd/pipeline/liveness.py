@@ -9,6 +9,8 @@ would wait for results that can never come. The driver's waiting loops call
 a dead interchange ends the run with :class:`InterchangeLost`: a one-line error that says
 how to go on. Nothing stored is at risk: the store commits each label as it arrives.
 
+A task whose worker died on every try (parsl's ``WorkerLost``, ``ManagerLost``) is
+:class:`WorkerLost`, not a traceback: nothing in the task went wrong, its process was killed.
 Parsl itself gives up on an executor whose blocks all fail (workers that never start: a
 broken ``worker_init``, a scheduler that rejects the job) and fails its tasks. That is the
 site's problem, not a label's or ubmd's: :class:`BlocksFailed` says where the blocks' output
@@ -34,6 +36,25 @@ class InterchangeLost(ExecutorLost):
 
 class BlocksFailed(ExecutorLost):
     """parsl gave up on an executor: its blocks failed (workers that never started)."""
+
+
+class WorkerLost(ExecutorLost):
+    """A task's worker process or worker pool died on every try (killed, out of memory)."""
+
+
+def worker_lost(exc: BaseException, task: str) -> WorkerLost | None:
+    """A one-line :class:`WorkerLost` when ``exc`` (a task's failure after parsl's retries) is
+    the loss of the process that ran it rather than an error of the task itself; else None."""
+    from parsl.executors.high_throughput.errors import ManagerLost
+    from parsl.executors.high_throughput.errors import WorkerLost as ParslWorkerLost
+
+    if not isinstance(exc, (ParslWorkerLost, ManagerLost)):
+        return None
+    return WorkerLost(
+        f"the {task} task failed on every try: {exc} (a process killed, often by the "
+        "out-of-memory killer, or a node lost); every label stored so far is kept: run the "
+        "same command again to resume (the site's `retries` sets the tries)"
+    )
 
 
 @dataclass(frozen=True)
