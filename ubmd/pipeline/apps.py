@@ -9,9 +9,9 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
-from ubmd.pipeline.liveness import InterchangeWatch
+from ubmd.pipeline.liveness import InterchangeWatch, worker_lost
 from ubmd.pipeline.sites import ExecutorSpec, SiteConfig
 
 # The order in which an executor that several roles share (a laptop's) starts queued tasks,
@@ -122,10 +122,19 @@ class Apps:
             self._apps[step] = _bind(app, step, threads, extra)
 
     def check_alive(self) -> None:
-        """Raise :class:`~ubmd.pipeline.liveness.InterchangeLost` if an executor's interchange
-        has exited: the waiting loops call this on every tick, as parsl would wait forever."""
+        """Raise :class:`~ubmd.pipeline.liveness.ExecutorLost` if an executor's interchange
+        has exited or parsl gave up on its blocks: the waiting loops call this on every tick
+        (parsl would wait forever), and before they record a task's failure."""
         if self.watch is not None:
             self.watch.check()
+
+    def task_failed(self, task: str, exc: BaseException) -> NoReturn:
+        """Raise what a task that failed after parsl's retries means for the run: its
+        executor's loss, its worker's loss (one line each), or else the task's own error."""
+        self.check_alive()
+        if (lost := worker_lost(exc, task)) is not None:
+            raise lost from exc
+        raise RuntimeError(f"{task} task failed after retries: {exc}") from exc
 
     def threads_alone(self, step: str, tasks: int) -> int:
         """Threads for each of ``tasks`` tasks of ``step`` while nothing else runs on their

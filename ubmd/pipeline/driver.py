@@ -24,7 +24,7 @@ from ubmd.campaign.roles import RoleClock, plot_timeline
 from ubmd.pipeline import watchdog
 from ubmd.pipeline.apps import Apps, TaskTracker
 from ubmd.pipeline.display import Display
-from ubmd.pipeline.liveness import InterchangeWatch, worker_lost
+from ubmd.pipeline.liveness import InterchangeWatch
 from ubmd.pipeline.parsl_config import make_config
 from ubmd.pipeline.sites import SiteConfig
 
@@ -138,10 +138,7 @@ class Driver:
                     self.display.refresh()
                     self.apps.check_alive()
                 except Exception as exc:
-                    self.apps.check_alive()  # the executor's failure, not the task's
-                    if (lost := worker_lost(exc, phase)) is not None:
-                        raise lost from exc
-                    raise RuntimeError(f"{phase} task failed after retries: {exc}") from exc
+                    self.apps.task_failed(phase, exc)
         return results
 
     def _train_phase(self, it: int) -> None:

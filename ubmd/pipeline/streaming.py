@@ -35,7 +35,6 @@ from ubmd.campaign.stream_state import label_record, scan
 from ubmd.pipeline.apps import Apps
 from ubmd.pipeline.display import Display
 from ubmd.pipeline.driver import Driver, RunSummary
-from ubmd.pipeline.liveness import worker_lost
 
 SAVE_ROLES_EVERY_S = 10.0  # how often the role clock is written while running
 
@@ -136,13 +135,10 @@ class StreamingDriver:
                 result = fut.result()
                 if isinstance(result, dict) and "_body_s" in result:
                     self.clock.add(task.role, task.kind, tuple(result["_body_s"]))
+            elif task.kind != "label":  # a label's failure is stored; the others end the run
+                self.apps.task_failed(task.kind, fut.exception())
             else:
-                self.apps.check_alive()  # the executor's failure is not the task's (or label's)
-                if task.kind != "label":  # a label's failure is stored; these end the run
-                    exc = fut.exception()
-                    if (lost := worker_lost(exc, task.kind)) is not None:
-                        raise lost from exc
-                    raise RuntimeError(f"{task.kind} task failed after retries: {exc}")
+                self.apps.check_alive()  # unless its executor failed: not the label's fault
             handler = getattr(self, f"_on_{task.kind}")
             if task.kind == "segment":
                 handler(task.data, None, result)
