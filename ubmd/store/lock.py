@@ -6,9 +6,14 @@ import contextlib
 import errno
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 
 from ubmd.store.schema import StoreLockedError
+
+# Readers hold the lock shared for a moment (checking a file a killed writer may have left);
+# a writer that finds it taken waits this long before it calls the store another writer's.
+READER_GRACE_S = 2.0
 
 
 def lock_path(store_path: str | os.PathLike[str]) -> str:
@@ -26,12 +31,7 @@ class WriterLock:
     def __init__(self, store_path: str | os.PathLike[str]) -> None:
         self.path = lock_path(store_path)
         fd, self._created = _open_or_create(self.path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                os.close(fd)
-                raise
+        if not _take_exclusive(fd, grace_s=READER_GRACE_S):
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise StoreLockedError(
@@ -61,6 +61,22 @@ class WriterLock:
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+
+def _take_exclusive(fd: int, *, grace_s: float) -> bool:
+    """Take the exclusive lock, retrying for ``grace_s`` while someone holds it."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                os.close(fd)
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def _open_or_create(path: str) -> tuple[int, bool]:
