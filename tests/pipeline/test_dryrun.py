@@ -200,7 +200,7 @@ def test_streaming_dry_run_starts_nothing(shrunk, tmp_path, monkeypatch):
 def test_iterations_dry_run_is_unchanged(shrunk):
     """mode iterations prints one iteration's tasks and core-hours, whatever the (unused)
     streaming section says; the ala2_paper numbers are those before mode streaming existed."""
-    _, text = _core_hours({})
+    _, text = _core_hours({"model.fine_tuning.max_steps": 1500})  # as it was shipped then
     assert "== one iteration (after the initial labels)" in text and "streaming" not in text
     assert "931 tasks, 21.6 core-hours, 0.0 GPU-hours" in text
     iterations = shrunk(name="i", iterations=3)
